@@ -1,0 +1,674 @@
+"""One peer's DTLS state around a pyOpenSSL connection, with no I/O and no clock.
+
+Theory of operation
+-------------------
+
+An :class:`Association` owns one ``SSL.Connection`` whose input and output are
+memory BIOs. The Trio layer hands it datagrams and the current time; it
+answers with datagrams to send, decrypted messages, and the next time it
+wants to be woken (:attr:`Association.deadline`). It never touches a socket
+or reads a clock, so the whole protocol is tested deterministically.
+
+Lifecycle. Everything that decides what an association may still do lives in
+:class:`State` and :meth:`Association._transition` (the h11 habit): one enum,
+one table of allowed moves, and the error a user sees in each end state.
+
+Flights and retransmission (RFC 6347, 4.2.4). OpenSSL writes a whole flight
+into the memory BIO at once. We split it into records and pack the records
+into datagrams of at most ``mtu`` bytes. The endpoint, not OpenSSL, owns the
+retransmission timer, because OpenSSL's own timer reads the wall clock: under
+``trio.testing.MockClock`` it would never fire, and on a real clock it fires
+on its own schedule inside any call into the library. Two rules keep the two
+timers from corrupting each other:
+
+* Every plaintext (epoch 0) record we send gets a sequence number from our
+  own counter, never OpenSSL's. Retransmitted records then always carry a
+  fresh number, so the peer's replay window never rejects them, whoever
+  triggered the retransmission.
+* Output is classified. It is a *new flight* if it carries a handshake
+  message with a higher ``message_seq`` than any we sent, or a
+  ChangeCipherSpec when the stored flight had none (the server's final
+  flight is just CCS and an encrypted Finished). Only a new flight replaces
+  the stored flight and resets the backoff. Anything else is OpenSSL
+  retransmitting on its own: it is sent, and our timer backs off.
+
+When our timer fires we first give OpenSSL ``DTLSv1_handle_timeout``: if its
+wall-clock timer has expired too, it re-encrypts the flight's epoch-1 records
+with fresh sequence numbers, which is the best possible retransmission.
+Otherwise we resend the stored flight ourselves. The interval starts at
+``initial_retransmit_timeout`` and doubles up to ``max_retransmit_timeout``.
+
+The last flight of a handshake (the side that finishes by *sending*, usually
+the server) is kept after the handshake: if the peer repeats its own last
+flight, ours was lost, and we resend it (RFC 6347, 4.2.4, figure 2). It is
+dropped once the peer's first application data proves it arrived.
+
+Data. Each application-data record is fed to OpenSSL on its own and read
+back at once, so one record is one message. OpenSSL silently drops records
+that fail to decrypt or are replays; we count those.
+"""
+
+from __future__ import annotations
+
+import enum
+import ipaddress
+import math
+from collections.abc import Callable
+from typing import Any
+
+from OpenSSL import SSL
+
+from . import _records as rec
+from ._config import EndpointConfig
+from ._errors import (
+    ConnectionLost,
+    ConnectionTimedOut,
+    HandshakeError,
+    HandshakeTimeout,
+    PeerAlert,
+    PeerClosed,
+    PeerRestarted,
+)
+from ._statistics import ConnectionCounters
+
+# What OpenSSL adds to a record on top of the 13-byte header for the AEAD
+# suites we allow: an 8-byte explicit nonce and a 16-byte tag for AES-GCM and
+# AES-CCM, a 16-byte tag for ChaCha20-Poly1305. For CBC suites in
+# hand-built contexts: IV, MAC and padding, at most 16 + 48 + 16.
+_CBC_OVERHEAD = 80
+
+_BIO_CHUNK = 65536
+
+
+class Role(enum.Enum):
+    CLIENT = "client"
+    SERVER = "server"
+
+
+class State(enum.Enum):
+    """Where an association is in its life."""
+
+    HANDSHAKING = "handshaking"
+    ESTABLISHED = "established"
+    CLOSED = "closed"  # we closed it (aclose or endpoint exit)
+    PEER_CLOSED = "peer closed"  # close_notify received
+    FAILED = "failed"  # the handshake failed
+    BROKEN = "broken"  # fatal alert or error after the handshake
+    TIMED_OUT = "timed out"  # idle timeout
+    REPLACED = "replaced"  # the peer restarted (RFC 6347 4.2.8)
+
+
+_LIVE = frozenset({State.HANDSHAKING, State.ESTABLISHED})
+_ALLOWED: dict[State, frozenset[State]] = {
+    State.HANDSHAKING: frozenset(
+        {State.ESTABLISHED, State.FAILED, State.CLOSED, State.REPLACED, State.TIMED_OUT}
+    ),
+    State.ESTABLISHED: frozenset(
+        {State.PEER_CLOSED, State.CLOSED, State.BROKEN, State.TIMED_OUT, State.REPLACED}
+    ),
+}
+
+
+def _ssl_reason(exc: BaseException) -> str:
+    """OpenSSL's error queue as one readable line."""
+    args = getattr(exc, "args", ())
+    if args and isinstance(args[0], list) and args[0]:
+        parts = []
+        for item in args[0]:
+            if isinstance(item, tuple) and item:
+                parts.append(str(item[-1]))
+            else:
+                parts.append(str(item))
+        return "; ".join(parts)
+    if args:
+        return " ".join(str(a) for a in args)
+    return type(exc).__name__
+
+
+def _alert_in(reason: str) -> str | None:
+    """The alert text in an OpenSSL reason, if the peer sent one."""
+    lowered = reason.lower()
+    marker = "alert "
+    index = lowered.find(marker)
+    if index < 0:
+        return None
+    return reason[index + len(marker) :].split(";")[0].strip()
+
+
+def is_ip_literal(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host.split("%", 1)[0])
+    except ValueError:
+        return False
+    return True
+
+
+class Association:
+    """One peer's DTLS session: a sans-IO wrapper around ``SSL.Connection``.
+
+    Attributes ``server_hostname`` and ``verify_failure`` are read and written
+    by the verify callback of :func:`trio_dtlsmux.client_context` (see
+    :class:`trio_dtlsmux.contexts.PeerIdentityTarget`).
+    """
+
+    def __init__(
+        self,
+        context: SSL.Context,
+        *,
+        role: Role,
+        address: Any,
+        config: EndpointConfig,
+        now: float,
+        server_hostname: str | None = None,
+        first_record_seq: int = 0,
+        client_random: bytes | None = None,
+        keylog: Callable[[bytes], None] | None = None,
+    ) -> None:
+        self.role = role
+        self.address = address
+        self.config = config
+        self.state = State.HANDSHAKING
+        self.error: BaseException | None = None
+        self.counters = ConnectionCounters()
+        self.server_hostname = server_hostname
+        self.verify_failure: str | None = None
+        self.client_random = client_random
+        self.handshake_deadline = now + config.handshake_timeout
+        self.failure_kind: str | None = None
+        self._keylog = keylog
+
+        self._epoch0_seq = first_record_seq
+        self._max_msg_seq = -1
+        self._flight: list[rec.Record] = []
+        self._flight_has_ccs = False
+        self._rto = config.initial_retransmit_timeout
+        self._retransmit_at = math.inf
+        self._final_resend_ok_at = -math.inf
+        self._cleartext_mtu: int | None = None
+        self.session_info: dict[str, Any] = {}
+
+        ssl = SSL.Connection(context, None)
+        ssl.set_options(SSL.OP_NO_QUERY_MTU | SSL.OP_NO_RENEGOTIATION)
+        # Without a ciphertext MTU a memory-BIO DTLS connection has no idea
+        # how large a datagram may be and fails the handshake.
+        ssl.set_ciphertext_mtu(config.mtu)
+        ssl.set_app_data(self)
+        if role is Role.CLIENT:
+            ssl.set_connect_state()
+            if server_hostname and not is_ip_literal(server_hostname):
+                ssl.set_tlsext_host_name(server_hostname.encode("idna"))
+        else:
+            ssl.set_accept_state()
+        self._ssl: SSL.Connection | None = ssl
+
+    # -- lifecycle ---------------------------------------------------------
+
+    @property
+    def live(self) -> bool:
+        return self.state in _LIVE
+
+    def _transition(self, new: State, error: BaseException | None = None) -> bool:
+        """Move to ``new``; the only place ``state`` changes.
+
+        Returns False (and changes nothing) if the association already
+        ended: the first ending wins, so a late timer or datagram cannot
+        overwrite why a connection ended.
+        """
+        allowed = _ALLOWED.get(self.state)
+        if allowed is None or new not in allowed:
+            return False
+        self.state = new
+        if new is not State.ESTABLISHED:
+            self.error = error
+            self._free()
+        return True
+
+    def _free(self) -> None:
+        """Drop the SSL object and buffers; the peer is done."""
+        if self._ssl is not None:
+            self._ssl.set_app_data(None)
+            self._ssl = None
+        self._flight = []
+        self._retransmit_at = math.inf
+
+    @property
+    def deadline(self) -> float:
+        """When :meth:`handle_timer` wants to run (``inf``: never)."""
+        if self.state is State.HANDSHAKING:
+            return min(self._retransmit_at, self.handshake_deadline)
+        return math.inf
+
+    def expire(self) -> None:
+        """The idle timeout fired: the peer is gone."""
+        self._transition(
+            State.TIMED_OUT,
+            ConnectionTimedOut(
+                f"no datagram from {self.address!r} within the idle timeout",
+                peer_address=self.address,
+            ),
+        )
+
+    def replace(self) -> None:
+        """A verified new handshake from the same address replaces this one."""
+        self._transition(
+            State.REPLACED,
+            PeerRestarted(
+                f"{self.address!r} started a new handshake", peer_address=self.address
+            ),
+        )
+
+    def abandon(self, error: BaseException) -> None:
+        """End a handshake that will not finish (endpoint closing)."""
+        if self.state is State.HANDSHAKING:
+            self.failure_kind = "aborted"
+            self._transition(State.FAILED, error)
+
+    def close(self) -> list[bytes]:
+        """Our side closes: returns the close_notify datagram, sent once."""
+        ssl = self._ssl
+        out: list[bytes] = []
+        if self.state is State.ESTABLISHED and ssl is not None:
+            try:
+                ssl.shutdown()
+            except SSL.Error:
+                pass
+            out = self._pack(self._drain(), count=True)
+        self._transition(
+            State.CLOSED,
+            None,
+        )
+        return out
+
+    # -- handshake ---------------------------------------------------------
+
+    def start(self, now: float) -> list[bytes]:
+        """Client: make the first flight."""
+        return self._drive_handshake(now)
+
+    def start_server(self, client_hello: bytes, now: float) -> list[bytes]:
+        """Server: feed the verified ClientHello and answer it."""
+        assert self._ssl is not None
+        self._ssl.bio_write(client_hello)
+        try:
+            self._ssl.DTLSv1_listen()
+        except SSL.Error as exc:
+            self._fail("protocol", HandshakeError(f"bad ClientHello: {_ssl_reason(exc)}"))
+            return []
+        return self._drive_handshake(now)
+
+    def _drive_handshake(self, now: float) -> list[bytes]:
+        ssl = self._ssl
+        assert ssl is not None
+        done = False
+        failure: SSL.Error | None = None
+        try:
+            ssl.do_handshake()
+            done = True
+        except SSL.WantReadError:
+            pass
+        except SSL.Error as exc:
+            failure = exc
+        records = self._drain()
+        out = self._send_output(records, now) if records else []
+        if failure is not None:
+            self._fail_from_ssl(failure)
+            return out
+        if done:
+            self._established(now, sent_final_flight=bool(records))
+        return out
+
+    def _established(self, now: float, *, sent_final_flight: bool) -> None:
+        ssl = self._ssl
+        assert ssl is not None
+        self._transition(State.ESTABLISHED)
+        self.counters.established_at = now
+        self._retransmit_at = math.inf
+        if not sent_final_flight:
+            self._flight = []
+        self._cleartext_mtu = self._compute_cleartext_mtu(ssl)
+        self.session_info = self._snapshot_session(ssl)
+        if self._keylog is not None:
+            client_random = ssl.client_random()
+            master = ssl.master_key()
+            if client_random and master:
+                self._keylog(
+                    b"CLIENT_RANDOM %s %s\n"
+                    % (client_random.hex().encode(), master.hex().encode())
+                )
+
+    def _snapshot_session(self, ssl: SSL.Connection) -> dict[str, Any]:
+        """What the handshake agreed, kept after the SSL object is freed."""
+        if self.role is Role.SERVER:
+            sni = ssl.get_servername()
+            name = sni.decode("ascii", "replace") if sni else None
+        else:
+            name = self.server_hostname
+        return {
+            "cipher": ssl.get_cipher_name(),
+            "version": ssl.get_protocol_version_name(),
+            "alpn_protocol": ssl.get_alpn_proto_negotiated() or None,
+            "srtp_profile": ssl.get_selected_srtp_profile() or None,
+            "peer_certificate": ssl.get_peer_certificate(as_cryptography=True),
+            "peer_certificate_chain": ssl.get_peer_cert_chain(as_cryptography=True)
+            or [],
+            "server_hostname": name,
+        }
+
+    def _fail(self, kind: str, error: HandshakeError) -> None:
+        self.failure_kind = kind
+        self._transition(State.FAILED, error)
+
+    def _fail_from_ssl(self, exc: SSL.Error) -> None:
+        reason = _ssl_reason(exc)
+        if self.verify_failure is not None:
+            self._fail(
+                "verification",
+                HandshakeError(f"certificate verification failed: {self.verify_failure}"),
+            )
+            return
+        alert = _alert_in(reason)
+        if "certificate verify failed" in reason:
+            self._fail(
+                "verification", HandshakeError(f"certificate verification failed: {reason}")
+            )
+        elif alert is not None:
+            self._fail(
+                "alert",
+                HandshakeError(f"peer sent fatal alert: {alert}", alert=alert),
+            )
+        else:
+            self._fail("protocol", HandshakeError(f"handshake failed: {reason}"))
+
+    def handle_timer(self, now: float) -> list[bytes]:
+        """Run whatever is due at ``now``: retransmission or handshake timeout."""
+        if self.state is not State.HANDSHAKING:
+            return []
+        if now >= self.handshake_deadline:
+            self.failure_kind = "timeout"
+            self._transition(
+                State.FAILED,
+                HandshakeTimeout(
+                    f"handshake with {self.address!r} did not finish within "
+                    f"{self.config.handshake_timeout} s"
+                ),
+            )
+            return []
+        if now < self._retransmit_at:
+            return []
+        ssl = self._ssl
+        assert ssl is not None
+        try:
+            ssl.DTLSv1_handle_timeout()
+        except SSL.Error as exc:
+            self._fail_from_ssl(exc)
+            return []
+        records = self._drain()
+        self.counters.handshake_retransmissions += 1
+        self._rto = min(self._rto * 2, self.config.max_retransmit_timeout)
+        self._retransmit_at = now + self._rto
+        if records:
+            # OpenSSL's own timer had expired as well and it rebuilt the
+            # flight (with fresh epoch-1 sequence numbers).
+            return self._pack(records, count=True)
+        return self._pack(self._flight, count=True)
+
+    def _send_output(self, records: list[rec.Record], now: float) -> list[bytes]:
+        """Classify OpenSSL's output as a new flight or a retransmission."""
+        new_flight = False
+        has_handshake = False
+        has_ccs = False
+        for record in records:
+            if record.content_type == rec.HANDSHAKE:
+                has_handshake = True
+                if record.epoch == 0:
+                    try:
+                        fragments = rec.parse_handshake_fragments_untrusted(
+                            record.payload
+                        )
+                    except rec.BadPacket:  # pragma: no cover - OpenSSL's own output
+                        continue
+                    for fragment in fragments:
+                        if fragment.message_seq > self._max_msg_seq:
+                            self._max_msg_seq = fragment.message_seq
+                            new_flight = True
+            elif record.content_type == rec.CHANGE_CIPHER_SPEC:
+                has_ccs = True
+        if has_ccs and not self._flight_has_ccs:
+            new_flight = True
+        if new_flight:
+            self._flight = [
+                r
+                for r in records
+                if r.content_type in (rec.HANDSHAKE, rec.CHANGE_CIPHER_SPEC)
+            ]
+            self._flight_has_ccs = has_ccs
+            self._rto = self.config.initial_retransmit_timeout
+            self._retransmit_at = now + self._rto
+        elif has_handshake or has_ccs:
+            # OpenSSL retransmitted on its own wall-clock timer.
+            self.counters.handshake_retransmissions += 1
+            self._rto = min(self._rto * 2, self.config.max_retransmit_timeout)
+            self._retransmit_at = now + self._rto
+        return self._pack(records, count=True)
+
+    # -- records in and out ------------------------------------------------
+
+    def _drain(self) -> list[rec.Record]:
+        ssl = self._ssl
+        if ssl is None:
+            return []
+        chunks = []
+        while True:
+            try:
+                chunks.append(ssl.bio_read(_BIO_CHUNK))
+            except SSL.WantReadError:
+                break
+        if not chunks:
+            return []
+        try:
+            return rec.parse_records_untrusted(b"".join(chunks))
+        except rec.BadPacket:  # pragma: no cover - OpenSSL's own output
+            return []
+
+    def _pack(self, records: list[rec.Record], *, count: bool) -> list[bytes]:
+        mtu = self.config.mtu
+        encoded = []
+        for record in records:
+            pieces = (
+                rec.split_handshake_record(record, mtu)
+                if record.epoch == 0 and len(record.payload) + rec.RECORD_HEADER_SIZE > mtu
+                else [record]
+            )
+            for piece in pieces:
+                if piece.epoch == 0:
+                    encoded.append(
+                        rec.encode_record(
+                            piece.content_type,
+                            piece.version,
+                            0,
+                            self._epoch0_seq,
+                            piece.payload,
+                        )
+                    )
+                    self._epoch0_seq += 1
+                else:
+                    encoded.append(piece.encode())
+        datagrams = rec.pack_datagrams(encoded, mtu)
+        if count:
+            counters = self.counters
+            counters.datagrams_out += len(datagrams)
+            counters.bytes_out += sum(map(len, datagrams))
+        return datagrams
+
+    def receive_datagram(
+        self, data: bytes, now: float
+    ) -> tuple[list[bytes], list[bytes]]:
+        """Feed one datagram from the peer.
+
+        Returns ``(datagrams to send, messages for the application)``.
+        """
+        counters = self.counters
+        counters.datagrams_in += 1
+        counters.bytes_in += len(data)
+        if self._ssl is None:
+            return [], []
+        try:
+            records = rec.split_datagram_untrusted(data)
+        except rec.BadPacket:
+            counters.records_rejected += 1
+            return [], []
+        if self.state is State.HANDSHAKING:
+            return self._receive_handshaking(records, now)
+        return self._receive_established(records, now)
+
+    def _receive_handshaking(
+        self, records: list[tuple[int, int, bytes]], now: float
+    ) -> tuple[list[bytes], list[bytes]]:
+        ssl = self._ssl
+        assert ssl is not None
+        for _content_type, _epoch, raw in records:
+            ssl.bio_write(raw)
+        self.counters.last_datagram_at = now
+        out = self._drive_handshake(now)
+        messages: list[bytes] = []
+        if self.state is State.ESTABLISHED:
+            # Application data that overtook the peer's Finished was
+            # buffered by OpenSSL; it is readable now.
+            self._read_pending(messages, 4 * self.config.mtu)
+        return out, messages
+
+    def _read_pending(self, messages: list[bytes], size: int) -> None:
+        ssl = self._ssl
+        while ssl is not None and self.state is State.ESTABLISHED:
+            try:
+                messages.append(ssl.recv(size))
+            except SSL.WantReadError:
+                return
+            except SSL.ZeroReturnError:
+                self._peer_closed()
+                return
+            except SSL.Error as exc:
+                self._broken(exc)
+                return
+            self.counters.messages_in += 1
+
+    def _receive_established(
+        self, records: list[tuple[int, int, bytes]], now: float
+    ) -> tuple[list[bytes], list[bytes]]:
+        ssl = self._ssl
+        assert ssl is not None
+        counters = self.counters
+        messages: list[bytes] = []
+        out: list[bytes] = []
+        valid = False
+        for content_type, _epoch, raw in records:
+            if content_type == rec.APPLICATION_DATA or content_type == rec.ALERT:
+                ssl.bio_write(raw)
+                try:
+                    messages.append(ssl.recv(len(raw)))
+                except SSL.WantReadError:
+                    if content_type == rec.APPLICATION_DATA:
+                        counters.records_rejected += 1
+                    continue
+                except SSL.ZeroReturnError:
+                    self._peer_closed()
+                    valid = True
+                    break
+                except SSL.Error as exc:
+                    self._broken(exc)
+                    valid = True
+                    break
+                valid = True
+                counters.messages_in += 1
+                if self._flight:
+                    # The peer's application data proves our final flight
+                    # arrived; it need not be kept any longer.
+                    self._flight = []
+            elif content_type in (rec.HANDSHAKE, rec.CHANGE_CIPHER_SPEC):
+                # The peer repeats its last flight: ours was lost. Resend it,
+                # once per burst (its flight may span several datagrams).
+                if self._flight and now >= self._final_resend_ok_at:
+                    self._final_resend_ok_at = (
+                        now + self.config.initial_retransmit_timeout / 2
+                    )
+                    counters.handshake_retransmissions += 1
+                    out.extend(self._pack(self._flight, count=True))
+            else:
+                counters.records_rejected += 1
+        if valid:
+            counters.last_datagram_at = now
+        return out, messages
+
+    def _peer_closed(self) -> None:
+        self._transition(State.PEER_CLOSED, None)
+
+    def _broken(self, exc: SSL.Error) -> None:
+        reason = _ssl_reason(exc)
+        alert = _alert_in(reason)
+        if alert is not None:
+            error: ConnectionLost = PeerAlert(
+                f"{self.address!r} sent fatal alert: {alert}",
+                alert=alert,
+                peer_address=self.address,
+            )
+        else:
+            error = ConnectionLost(
+                f"connection to {self.address!r} failed: {reason}",
+                peer_address=self.address,
+            )
+        self._transition(State.BROKEN, error)
+
+    # -- application data --------------------------------------------------
+
+    def send_error(self) -> BaseException:
+        """The exception a ``send`` gets on an association that has ended."""
+        if self.state is State.PEER_CLOSED:
+            return PeerClosed(
+                f"{self.address!r} closed the connection", peer_address=self.address
+            )
+        if self.error is not None:
+            return self.error
+        return ConnectionLost(
+            f"connection to {self.address!r} is {self.state.value}",
+            peer_address=self.address,
+        )
+
+    def cleartext_mtu(self) -> int:
+        if self._cleartext_mtu is None:
+            return self.config.mtu - rec.RECORD_HEADER_SIZE - _CBC_OVERHEAD
+        return self._cleartext_mtu
+
+    def _compute_cleartext_mtu(self, ssl: SSL.Connection) -> int:
+        try:
+            value = ssl.get_cleartext_mtu()
+        except (SSL.Error, AttributeError, NotImplementedError):
+            value = 0
+        if value <= 0:
+            cipher = (ssl.get_cipher_name() or "").upper()
+            if "GCM" in cipher or "CCM" in cipher:
+                overhead = 24
+            elif "CHACHA" in cipher:
+                overhead = 16
+            else:
+                overhead = _CBC_OVERHEAD
+            value = self.config.mtu - rec.RECORD_HEADER_SIZE - overhead
+        return value
+
+    def send_message(self, data: bytes) -> list[bytes]:
+        """Encrypt one message into one record; returns the datagram(s)."""
+        ssl = self._ssl
+        if self.state is not State.ESTABLISHED or ssl is None:
+            raise self.send_error()
+        try:
+            ssl.send(data)
+        except SSL.Error as exc:
+            self._broken(exc)
+            raise self.send_error() from None
+        self.counters.messages_out += 1
+        return self._pack(self._drain(), count=True)
+
+    # -- session info ------------------------------------------------------
+
+    @property
+    def ssl(self) -> SSL.Connection | None:
+        return self._ssl

@@ -1,0 +1,265 @@
+"""The application's handle on one peer: a ``trio.abc.Channel[bytes]``.
+
+Theory of operation
+-------------------
+
+A :class:`DtlsConnection` is a thin handle. The bytes live in the
+association (protocol state) and in the peer's inbox (a bounded trio memory
+channel that the endpoint's receive task fills with ``send_nowait``). The
+connection turns the association's end state into the exception Trio users
+expect: ``EndOfChannel`` after close_notify, ``ClosedResourceError`` after
+we closed it, a ``BrokenResourceError`` subclass when the peer is gone.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, final
+
+import trio
+from cryptography import x509
+from OpenSSL import SSL
+
+from ._association import Association, State
+from ._statistics import ConnectionStatistics
+
+if TYPE_CHECKING:
+    from ._endpoint import DtlsEndpoint, _Peer
+
+_PRIVATE = object()
+
+
+def _bytes_of(data: object) -> bytes:
+    if isinstance(data, bytes):
+        return data
+    if isinstance(data, (bytearray, memoryview)):
+        return bytes(data)
+    raise TypeError(
+        f"send() takes a bytes-like message (bytes, bytearray or memoryview), "
+        f"not {type(data).__name__}"
+    )
+
+
+@final
+class DtlsConnection(trio.abc.Channel[bytes]):
+    """One DTLS peer of a :class:`~trio_dtlsmux.DtlsEndpoint`.
+
+    You get one from :meth:`DtlsEndpoint.accept`, :meth:`DtlsEndpoint.serve`
+    or :meth:`DtlsEndpoint.connect`; there is no public constructor. Each
+    :meth:`send` is one DTLS record and arrives as one message; ``async for
+    msg in conn`` reads messages until the peer sends close_notify.
+
+    Errors:
+
+    * ``trio.ClosedResourceError`` after you (or the endpoint) closed it;
+    * ``trio.EndOfChannel`` from :meth:`receive` after the peer's
+      close_notify, and :class:`~trio_dtlsmux.PeerClosed` from :meth:`send`;
+    * :class:`~trio_dtlsmux.ConnectionTimedOut`,
+      :class:`~trio_dtlsmux.PeerRestarted`,
+      :class:`~trio_dtlsmux.PeerAlert` (all ``trio.BrokenResourceError``)
+      when the peer went silent, restarted, or sent a fatal alert.
+    """
+
+    def __init__(self, token: object, endpoint: DtlsEndpoint, peer: _Peer) -> None:
+        if token is not _PRIVATE:
+            raise TypeError(
+                "DtlsConnection has no public constructor; use "
+                "DtlsEndpoint.connect(), accept() or serve()"
+            )
+        self._endpoint = endpoint
+        self._peer = peer
+        self._association: Association = peer.association
+        self._inbox = peer.inbox_receive
+        self._closed = False
+        self._info: dict[str, Any] | None = None
+
+    def __repr__(self) -> str:
+        return (
+            f"<DtlsConnection {self._association.role.value} "
+            f"peer={self.peer_address!r} {self._association.state.value}>"
+        )
+
+    @property
+    def peer_address(self) -> Any:
+        """The peer's normalised socket address (``(host, port)`` for IPv4,
+        ``(host, port, 0, scope_id)`` for IPv6)."""
+        return self._association.address
+
+    @property
+    def established(self) -> bool:
+        """True while the connection can carry messages."""
+        return self._association.state is State.ESTABLISHED and not self._closed
+
+    def get_cleartext_mtu(self) -> int:
+        """The largest message :meth:`send` accepts, in bytes.
+
+        DTLS does not fragment application data: a message is one record,
+        and a record must fit the endpoint's ``mtu`` with its header and the
+        cipher's overhead.
+        """
+        return self._association.cleartext_mtu()
+
+    def statistics(self) -> ConnectionStatistics:
+        """A frozen snapshot of this connection's counters."""
+        return self._association.counters.snapshot()
+
+    # -- Channel ------------------------------------------------------------
+
+    async def send(self, value: bytes) -> None:
+        """Encrypt ``value`` as one record and send it in one datagram.
+
+        Raises:
+          TypeError: ``value`` is not bytes-like.
+          ValueError: ``value`` is larger than :meth:`get_cleartext_mtu`.
+          trio.ClosedResourceError: you closed the connection.
+          trio.BrokenResourceError: the peer is gone (see the class docs).
+        """
+        data = _bytes_of(value)
+        await trio.lowlevel.checkpoint_if_cancelled()
+        if self._closed:
+            raise trio.ClosedResourceError("this DtlsConnection was closed")
+        association = self._association
+        if association.state is State.CLOSED:
+            raise trio.ClosedResourceError("the endpoint was closed")
+        if association.state is State.ESTABLISHED:
+            limit = association.cleartext_mtu()
+            if len(data) > limit:
+                raise ValueError(
+                    f"message of {len(data)} bytes is larger than this "
+                    f"connection's cleartext MTU ({limit} bytes); DTLS does "
+                    "not fragment application data, so split it yourself or "
+                    "raise the endpoint's mtu"
+                )
+        datagrams = association.send_message(data)
+        await self._endpoint._send_datagrams(datagrams, association.address)
+
+    async def receive(self) -> bytes:
+        """The next message from the peer.
+
+        Raises:
+          trio.EndOfChannel: the peer sent close_notify (``async for`` ends).
+          trio.ClosedResourceError: you closed the connection.
+          trio.BrokenResourceError: the peer is gone (see the class docs).
+        """
+        if self._closed:
+            await trio.lowlevel.checkpoint()
+            raise trio.ClosedResourceError("this DtlsConnection was closed")
+        try:
+            return await self._inbox.receive()
+        except trio.EndOfChannel:
+            pass
+        except trio.ClosedResourceError:
+            raise trio.ClosedResourceError("this DtlsConnection was closed") from None
+        association = self._association
+        if association.state is State.PEER_CLOSED:
+            raise trio.EndOfChannel
+        if association.state is State.CLOSED or association.error is None:
+            raise trio.ClosedResourceError("the connection was closed")
+        raise association.error
+
+    def receive_nowait(self) -> bytes:
+        """A message if one is waiting in the inbox, else ``trio.WouldBlock``."""
+        if self._closed:
+            raise trio.ClosedResourceError("this DtlsConnection was closed")
+        try:
+            return self._inbox.receive_nowait()
+        except trio.EndOfChannel:
+            pass
+        association = self._association
+        if association.state is State.PEER_CLOSED:
+            raise trio.EndOfChannel
+        if association.state is State.CLOSED or association.error is None:
+            raise trio.ClosedResourceError("the connection was closed")
+        raise association.error
+
+    async def aclose(self) -> None:
+        """Send close_notify (once, best effort) and free the association.
+
+        Idempotent. Blocked :meth:`receive` calls in other tasks get
+        ``trio.ClosedResourceError``.
+        """
+        if self._closed:
+            await trio.lowlevel.checkpoint()
+            return
+        self._closed = True
+        self._inbox.close()
+        datagrams = self._endpoint._close_peer(self._peer)
+        await self._endpoint._send_datagrams(datagrams, self._association.address)
+
+    # -- session info ---------------------------------------------------------
+
+    def _session(self) -> dict[str, Any]:
+        if self._info is None:
+            self._info = self._association.session_info
+        return self._info
+
+    def _live_ssl(self) -> SSL.Connection:
+        ssl = self._association.ssl
+        if ssl is None or self._association.state is not State.ESTABLISHED:
+            raise trio.ClosedResourceError(
+                "the connection is not established, so it has no live session"
+            )
+        return ssl
+
+    @property
+    def peer_certificate(self) -> x509.Certificate | None:
+        """The peer's certificate, or ``None`` if it sent none."""
+        value = self._session().get("peer_certificate")
+        return value if isinstance(value, x509.Certificate) else None
+
+    @property
+    def peer_certificate_chain(self) -> list[x509.Certificate]:
+        """The certificates the peer sent, leaf first (may be empty)."""
+        return list(self._session().get("peer_certificate_chain", ()))
+
+    @property
+    def alpn_protocol(self) -> bytes | None:
+        """The ALPN protocol both sides agreed on, or ``None``."""
+        value = self._session().get("alpn_protocol")
+        return value if isinstance(value, bytes) else None
+
+    @property
+    def cipher(self) -> str | None:
+        """The negotiated cipher suite's OpenSSL name."""
+        value = self._session().get("cipher")
+        return value if isinstance(value, str) else None
+
+    @property
+    def version(self) -> str | None:
+        """The negotiated protocol version, e.g. ``"DTLSv1.2"``."""
+        value = self._session().get("version")
+        return value if isinstance(value, str) else None
+
+    @property
+    def srtp_profile(self) -> bytes | None:
+        """The SRTP protection profile selected (RFC 5764), or ``None``."""
+        value = self._session().get("srtp_profile")
+        return value if isinstance(value, bytes) else None
+
+    @property
+    def server_hostname(self) -> str | None:
+        """Client role: the name the certificate was checked against.
+        Server role: the SNI name the client sent, if any."""
+        value = self._session().get("server_hostname")
+        return value if isinstance(value, str) else None
+
+    def export_keying_material(
+        self, label: bytes, length: int, context: bytes | None = None
+    ) -> bytes:
+        """Derive keying material from the session (RFC 5705).
+
+        For DTLS-SRTP (RFC 5764, 4.2) the label is
+        ``b"EXTRACTOR-dtls_srtp"`` and ``context`` is ``None``.
+
+        Raises:
+          trio.ClosedResourceError: the session is no longer live.
+          ValueError: bad label or length.
+        """
+        if not isinstance(label, bytes) or not label:
+            raise ValueError("label must be non-empty bytes")
+        if isinstance(length, bool) or not isinstance(length, int) or length <= 0:
+            raise ValueError(f"length must be a positive integer, not {length!r}")
+        ssl = self._live_ssl()
+        try:
+            return ssl.export_keying_material(label, length, context)
+        except SSL.Error as exc:
+            raise ValueError(f"cannot export keying material: {exc}") from None
