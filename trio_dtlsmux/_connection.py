@@ -109,7 +109,8 @@ class DtlsConnection(trio.abc.Channel[bytes]):
 
         Raises:
           TypeError: ``value`` is not bytes-like.
-          ValueError: ``value`` is larger than :meth:`get_cleartext_mtu`.
+          ValueError: ``value`` is empty, or larger than
+            :meth:`get_cleartext_mtu`.
           trio.ClosedResourceError: you closed the connection.
           trio.BrokenResourceError: the peer is gone (see the class docs).
         """
@@ -120,6 +121,11 @@ class DtlsConnection(trio.abc.Channel[bytes]):
         association = self._association
         if association.state is State.CLOSED:
             raise trio.ClosedResourceError("the endpoint was closed")
+        if not data:
+            raise ValueError(
+                "cannot send an empty message: OpenSSL does not write "
+                "zero-length DTLS records"
+            )
         if association.state is State.ESTABLISHED:
             limit = association.cleartext_mtu()
             if len(data) > limit:
