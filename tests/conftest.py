@@ -33,3 +33,12 @@ async def udp_socket(host: str = "127.0.0.1") -> trio.socket.SocketType:
 async def echo(conn: trio_dtlsmux.DtlsConnection) -> None:
     async for message in conn:
         await conn.send(message)
+
+
+async def fake_socket(net: object, host: str, port: int = 0) -> object:
+    from trio_dtlsmux.testing import FakeNetwork
+
+    assert isinstance(net, FakeNetwork)
+    sock = net.socket()
+    await sock.bind((host, port))
+    return sock
