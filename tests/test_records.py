@@ -24,6 +24,21 @@ def client_hello_datagram() -> bytes:
 HELLO = client_hello_datagram()
 
 
+def client_hello_with_cookie(cookie: bytes) -> bytes:
+    """A real second ClientHello, echoing ``cookie`` as OpenSSL does."""
+    ctx = SSL.Context(SSL.DTLS_METHOD)
+    conn = SSL.Connection(ctx, None)
+    conn.set_ciphertext_mtu(1400)
+    conn.set_connect_state()
+    with pytest.raises(SSL.WantReadError):
+        conn.do_handshake()
+    first = rec.parse_client_hello_untrusted(conn.bio_read(65536))
+    conn.bio_write(rec.encode_hello_verify_request(first.record_seq, cookie))
+    with pytest.raises(SSL.WantReadError):
+        conn.do_handshake()
+    return conn.bio_read(65536)
+
+
 def test_client_hello_fields() -> None:
     hello = rec.parse_client_hello_untrusted(HELLO)
     assert hello.version == rec.DTLS1_2_VERSION

@@ -343,14 +343,19 @@ class Association:
             name = sni.decode("ascii", "replace") if sni else None
         else:
             name = self.server_hostname
+        leaf = ssl.get_peer_certificate(as_cryptography=True)
+        chain = list(ssl.get_peer_cert_chain(as_cryptography=True) or [])
+        if leaf is not None and (not chain or chain[0] != leaf):
+            # OpenSSL leaves the client's own certificate out of the chain it
+            # reports on the server side; we always report the leaf first.
+            chain.insert(0, leaf)
         return {
             "cipher": ssl.get_cipher_name(),
             "version": ssl.get_protocol_version_name(),
             "alpn_protocol": ssl.get_alpn_proto_negotiated() or None,
             "srtp_profile": ssl.get_selected_srtp_profile() or None,
-            "peer_certificate": ssl.get_peer_certificate(as_cryptography=True),
-            "peer_certificate_chain": ssl.get_peer_cert_chain(as_cryptography=True)
-            or [],
+            "peer_certificate": leaf,
+            "peer_certificate_chain": chain,
             "server_hostname": name,
         }
 
