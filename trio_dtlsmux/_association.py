@@ -465,9 +465,12 @@ class Association:
         chunks = []
         while True:
             try:
-                chunks.append(ssl.bio_read(_BIO_CHUNK))
+                chunk = ssl.bio_read(_BIO_CHUNK)
             except SSL.WantReadError:
                 break
+            chunks.append(chunk)
+            if len(chunk) < _BIO_CHUNK:
+                break  # a short read means the BIO is empty
         if not chunks:
             return []
         try:
@@ -666,11 +669,20 @@ class Association:
             raise self.send_error()
         try:
             ssl.send(data)
+            record = ssl.bio_read(_BIO_CHUNK)
         except SSL.Error as exc:
             self._broken(exc)
             raise self.send_error() from None
-        self.counters.messages_out += 1
-        return self._pack(self._drain(), count=True)
+        counters = self.counters
+        counters.messages_out += 1
+        if len(record) <= self.config.mtu:
+            # One encrypted record that fits: the datagram as OpenSSL wrote it.
+            counters.datagrams_out += 1
+            counters.bytes_out += len(record)
+            return [record]
+        return self._pack(  # pragma: no cover - send() checks the size first
+            rec.parse_records_untrusted(record), count=True
+        )
 
     # -- session info ------------------------------------------------------
 

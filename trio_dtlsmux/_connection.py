@@ -115,8 +115,8 @@ class DtlsConnection(trio.abc.Channel[bytes]):
           trio.BrokenResourceError: the peer is gone (see the class docs).
         """
         data = _bytes_of(value)
-        await trio.lowlevel.checkpoint_if_cancelled()
         if self._closed:
+            await trio.lowlevel.checkpoint()
             raise trio.ClosedResourceError("this DtlsConnection was closed")
         association = self._association
         if association.state is State.CLOSED:

@@ -508,7 +508,15 @@ class DtlsEndpoint:
         if not datagrams:
             return
         counters = self._counters
-        async with self._send_lock:
+        lock = self._send_lock
+        # A trio socket refuses two tasks waiting to write at once, so sends
+        # are serialised. Taking a free lock without a checkpoint keeps the
+        # common case at the socket's own checkpoint only.
+        try:
+            lock.acquire_nowait()
+        except trio.WouldBlock:
+            await lock.acquire()
+        try:
             for datagram in datagrams:
                 try:
                     await self._sock.sendto(datagram, address)
@@ -524,6 +532,8 @@ class DtlsEndpoint:
                     return
                 counters.datagrams_out += 1
                 counters.bytes_out += len(datagram)
+        finally:
+            lock.release()
 
     async def _receive_loop(self) -> None:
         sock = self._sock
