@@ -10,15 +10,19 @@ from OpenSSL import SSL
 from trio_dtlsmux import _records as rec
 
 
-def client_hello_datagram() -> bytes:
-    """A real ClientHello, as OpenSSL writes it."""
-    ctx = SSL.Context(SSL.DTLS_METHOD)
-    conn = SSL.Connection(ctx, None)
+def fresh_client() -> SSL.Connection:
+    """An OpenSSL client that has just written its first ClientHello."""
+    conn = SSL.Connection(SSL.Context(SSL.DTLS_METHOD), None)
     conn.set_ciphertext_mtu(1400)
     conn.set_connect_state()
     with pytest.raises(SSL.WantReadError):
         conn.do_handshake()
-    return conn.bio_read(65536)
+    return conn
+
+
+def client_hello_datagram() -> bytes:
+    """A real ClientHello, as OpenSSL writes it."""
+    return fresh_client().bio_read(65536)
 
 
 HELLO = client_hello_datagram()
@@ -26,12 +30,7 @@ HELLO = client_hello_datagram()
 
 def client_hello_with_cookie(cookie: bytes) -> bytes:
     """A real second ClientHello, echoing ``cookie`` as OpenSSL does."""
-    ctx = SSL.Context(SSL.DTLS_METHOD)
-    conn = SSL.Connection(ctx, None)
-    conn.set_ciphertext_mtu(1400)
-    conn.set_connect_state()
-    with pytest.raises(SSL.WantReadError):
-        conn.do_handshake()
+    conn = fresh_client()
     first = rec.parse_client_hello_untrusted(conn.bio_read(65536))
     conn.bio_write(rec.encode_hello_verify_request(first.record_seq, cookie))
     with pytest.raises(SSL.WantReadError):
@@ -63,12 +62,7 @@ def test_hello_verify_request_round_trip() -> None:
 
 
 def test_hello_verify_request_is_accepted_by_openssl() -> None:
-    ctx = SSL.Context(SSL.DTLS_METHOD)
-    conn = SSL.Connection(ctx, None)
-    conn.set_ciphertext_mtu(1400)
-    conn.set_connect_state()
-    with pytest.raises(SSL.WantReadError):
-        conn.do_handshake()
+    conn = fresh_client()
     first = rec.parse_client_hello_untrusted(conn.bio_read(65536))
     conn.bio_write(rec.encode_hello_verify_request(first.record_seq, b"C" * 32))
     with pytest.raises(SSL.WantReadError):

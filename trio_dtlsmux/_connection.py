@@ -155,12 +155,7 @@ class DtlsConnection(trio.abc.Channel[bytes]):
             pass
         except trio.ClosedResourceError:
             raise trio.ClosedResourceError("this DtlsConnection was closed") from None
-        association = self._association
-        if association.state is State.PEER_CLOSED:
-            raise trio.EndOfChannel
-        if association.state is State.CLOSED or association.error is None:
-            raise trio.ClosedResourceError("the connection was closed")
-        raise association.error
+        raise self._why_inbox_ended()
 
     def receive_nowait(self) -> bytes:
         """A message if one is waiting in the inbox, else ``trio.WouldBlock``."""
@@ -170,12 +165,16 @@ class DtlsConnection(trio.abc.Channel[bytes]):
             return self._inbox.receive_nowait()
         except trio.EndOfChannel:
             pass
+        raise self._why_inbox_ended()
+
+    def _why_inbox_ended(self) -> BaseException:
+        """The exception for a reader once the inbox is drained and closed."""
         association = self._association
         if association.state is State.PEER_CLOSED:
-            raise trio.EndOfChannel
+            return trio.EndOfChannel()
         if association.state is State.CLOSED or association.error is None:
-            raise trio.ClosedResourceError("the connection was closed")
-        raise association.error
+            return trio.ClosedResourceError("the connection was closed")
+        return association.error
 
     async def aclose(self) -> None:
         """Send close_notify (once, best effort) and free the association.
