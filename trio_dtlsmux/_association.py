@@ -40,7 +40,8 @@ Otherwise we resend the stored flight ourselves. The interval starts at
 
 The last flight of a handshake (the side that finishes by *sending*, usually
 the server) is kept after the handshake: if the peer repeats its own last
-flight, ours was lost, and we resend it (RFC 6347, 4.2.4, figure 2). It is
+flight, ours was lost, and we resend it (RFC 6347, 4.2.4 and the state
+machine of its figure 3). It is
 dropped once the peer's first application data proves it arrived.
 
 Data. Each application-data record is fed to OpenSSL on its own and read

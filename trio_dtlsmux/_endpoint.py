@@ -163,6 +163,7 @@ class DtlsEndpoint:
         if sock_type != _stdlib_socket.SOCK_DGRAM:
             raise ValueError("DtlsEndpoint needs a SOCK_DGRAM (UDP) socket")
         self.config: EndpointConfig = make_config(options)
+        """The endpoint's options, validated and frozen."""
         if server_context is not None:
             _prepare_server_context(server_context)
         self._sock = sock

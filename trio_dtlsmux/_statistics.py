@@ -56,8 +56,12 @@ class EndpointStatistics:
       peers: associations now held (established and handshaking).
       handshakes_in_progress: associations still handshaking.
       handshakes_completed: handshakes that finished, both roles.
-      handshakes_failed: failed handshakes by reason (``"timeout"``,
-        ``"alert"``, ``"verification"``, ``"protocol"``).
+      handshakes_failed: failed handshakes by reason: ``"timeout"``
+        (``handshake_timeout`` passed), ``"alert"`` (the peer sent a fatal
+        alert), ``"verification"`` (the peer's certificate failed our
+        checks), ``"protocol"`` (anything else OpenSSL refused),
+        ``"aborted"`` (``connect`` was cancelled or the endpoint closed
+        mid-handshake).
       cookies_sent: HelloVerifyRequests sent.
       cookie_failures: ClientHellos whose cookie was present but wrong or
         expired.
@@ -70,7 +74,10 @@ class EndpointStatistics:
         ``max_connections`` or ``max_handshakes`` was reached.
       hellos_dropped_no_server: ClientHellos dropped because the endpoint has
         no ``server_context``.
-      datagrams_in / bytes_in / datagrams_out / bytes_out: socket totals.
+      datagrams_in: datagrams read from the socket, from anyone.
+      bytes_in: their total size in bytes.
+      datagrams_out: datagrams written to the socket.
+      bytes_out: their total size in bytes.
       socket_errors: errors from the socket that the endpoint survived (ICMP
         unreachable, ENOBUFS, ...).
     """

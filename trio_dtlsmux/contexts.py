@@ -808,8 +808,9 @@ def client_context(
     * by a CA: its chain must lead to a certificate from ``cafile``,
       ``capath`` or ``cadata`` (all that are given are trusted), or to the
       system trust store when none of them is given; and its certificate must
-      be for the app data's ``server_hostname`` (see
-      :class:`PeerIdentityTarget`);
+      be for the ``server_hostname`` that
+      :meth:`DtlsEndpoint.connect <trio_dtlsmux.DtlsEndpoint.connect>` was given
+      (by default the host of the address);
     * or by a ``fingerprint`` pin: the leaf certificate's SHA-256 must equal
       the pin. Chain, dates and name are then not checked.
 

@@ -322,6 +322,8 @@ class FakeNetwork:
         self.conditions: NetworkConditions = (
             conditions if conditions is not None else NetworkConditions()
         )
+        #: Called with each sent datagram before the network's conditions
+        #: apply: return it (or a changed :class:`Packet`) or ``None`` to drop it.
         self.route_hook: Callable[[Packet], Packet | None] | None = None
         #: Whether ``sendto`` appends to :attr:`trace`; may be switched at any time.
         self.tracing: bool = trace

@@ -1,0 +1,42 @@
+"""Tutorial, step 1: a DTLS echo server.
+
+Run ``python make_cert.py`` once, then ``python echo_server.py``.
+"""
+
+from __future__ import annotations
+
+import trio
+
+import trio_dtlsmux
+
+PORT = 4433
+
+
+async def echo(conn: trio_dtlsmux.DtlsConnection) -> None:
+    print(f"{conn.peer_address} connected")
+    async for message in conn:
+        await conn.send(message)
+    print(f"{conn.peer_address} said goodbye")
+
+
+async def main(
+    sock: trio.socket.SocketType,
+    certfile: str,
+    keyfile: str,
+    *,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    context = trio_dtlsmux.server_context(certfile, keyfile)
+    async with trio_dtlsmux.DtlsEndpoint(sock, server_context=context) as endpoint:
+        print(f"listening on {sock.getsockname()}")
+        await endpoint.serve(echo, task_status=task_status)
+
+
+async def run() -> None:
+    sock = trio.socket.socket(trio.socket.AF_INET, trio.socket.SOCK_DGRAM)
+    await sock.bind(("127.0.0.1", PORT))
+    await main(sock, "cert.pem", "key.pem")
+
+
+if __name__ == "__main__":
+    trio.run(run)
