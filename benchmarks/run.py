@@ -1,0 +1,110 @@
+"""Run the benchmark suite: ``python -m benchmarks.run [--quick] [--json out.json]``.
+
+Progress goes to stderr, the table of figures to stdout. See README.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import os
+import platform
+import sys
+import time
+
+import trio
+
+from benchmarks import scenarios
+from benchmarks.scenarios import Bench, Settings, log
+
+
+def _raise_fd_limit() -> None:
+    """Holding 10,000 idle peers takes one socket each in the load generator."""
+    try:
+        import resource
+
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if hard == resource.RLIM_INFINITY or hard > soft:
+            wanted = 65536 if hard == resource.RLIM_INFINITY else hard
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+    except (ImportError, ValueError, OSError):
+        pass
+
+
+def _versions() -> dict[str, str]:
+    import cryptography
+    import OpenSSL
+    from OpenSSL import SSL
+
+    versions = {
+        "python": platform.python_version(),
+        "trio": trio.__version__,
+        "pyOpenSSL": OpenSSL.__version__,
+        "cryptography": cryptography.__version__,
+        "openssl": SSL.OpenSSL_version(SSL.OPENSSL_VERSION).decode(),
+    }
+    try:
+        from importlib.metadata import version
+
+        versions["trio_dtlsmux"] = version("trio-dtlsmux")
+    except Exception:
+        versions["trio_dtlsmux"] = "not installed"
+    return versions
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.run",
+        description="Benchmark trio_dtlsmux against raw UDP, trio.DTLSEndpoint "
+        "and the bare OpenSSL engine, all measured in this run.",
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="short phases, fewer peers (< 60 s)"
+    )
+    parser.add_argument(
+        "--json", metavar="PATH", help="also write all raw numbers here"
+    )
+    args = parser.parse_args(argv)
+
+    _raise_fd_limit()
+    settings = Settings.for_mode(args.quick)
+    bench = Bench(settings)
+    started = time.perf_counter()
+    started_at = datetime.datetime.now(datetime.timezone.utc).isoformat()
+    log(f"{'quick' if settings.quick else 'full'} run, {os.cpu_count()} CPUs")
+
+    scenarios.engine_baseline(bench)
+    servers = scenarios.start_servers(bench, bench.available())
+    try:
+        trio.run(scenarios.shared_server_scenarios, bench, servers)
+    finally:
+        for server in servers.values():
+            server.close()
+    scenarios.memory_scenario(bench)
+    scenarios.reaping_scenario(bench)
+
+    elapsed = time.perf_counter() - started
+    bench.report.meta = {
+        "mode": "quick" if settings.quick else "full",
+        "started": started_at,
+        "seconds": elapsed,
+        "cpus": os.cpu_count(),
+        "platform": platform.platform(),
+        "versions": _versions(),
+        "settings": dataclasses.asdict(settings),
+        "unavailable": bench.unavailable,
+    }
+    bench.report.print_table()
+    unavailable = "; ".join(
+        f"{k} unavailable: {v}" for k, v in bench.unavailable.items()
+    )
+    print(f"\n{elapsed:.1f} s in total{'. ' + unavailable if unavailable else ''}")
+    if args.json:
+        bench.report.write_json(args.json)
+        log(f"raw numbers written to {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

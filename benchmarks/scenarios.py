@@ -1,0 +1,704 @@
+"""The five scenarios, each turning measurements into :class:`Row` s.
+
+Baselines and the library under test are measured in the same run. Where
+several servers can be up at once (echo, handshakes, flood), the targets take
+turns case by case, so slow drifts of a noisy machine hit every target alike
+and the ratios stay meaningful even when the absolute figures wander. Within
+a case, a target's repetitions are consecutive samples of one steady run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import itertools
+import math
+import statistics
+import sys
+import time
+from collections.abc import Iterable
+from typing import Any
+
+import trio
+
+from benchmarks import engine, load
+from benchmarks.report import Report, Row
+from benchmarks.server import ServerProcess
+from benchmarks.targets import TARGETS, ServerConfig, Target, Unavailable
+
+ECHO = "1. echo round trips/s"
+HANDSHAKES = "2. handshakes/s"
+MEMORY = "3. memory per established idle peer"
+FLOOD = "4. cookie-less ClientHello flood"
+REAPING = "5. idle reaping (dtlsmux only)"
+
+ENGINE = "engine"
+OURS = "dtlsmux"
+ORDER = ("raw_udp", "trio_dtls", OURS)
+
+_START = time.perf_counter()
+
+
+def log(message: str) -> None:
+    """Progress goes to stderr; the table alone goes to stdout."""
+    print(
+        f"[{time.perf_counter() - _START:6.1f}s] {message}", file=sys.stderr, flush=True
+    )
+
+
+def describe(exc: BaseException) -> str:
+    """One line for an exception, looking inside exception groups."""
+    while getattr(exc, "exceptions", None):  # an exception group
+        exc = exc.exceptions[0]  # type: ignore[attr-defined]
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}".rstrip(": ")
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """Sizes and durations of a run; see :meth:`for_mode` for the two modes.
+
+    Durations are in seconds: ``*_seconds`` is the length of one sample, and
+    each case takes ``repetitions`` samples.
+    """
+
+    quick: bool
+    repetitions: int
+    echo_seconds: float
+    handshake_seconds: float
+    flood_seconds: float
+    engine_seconds: float
+    memory_peers: tuple[int, ...]
+    engine_memory_pairs: int
+    reap_peers: tuple[int, int]
+    echo_sizes: tuple[int, ...] = (100, 1200)
+    echo_peers: tuple[int, ...] = (1, 100)
+    echo_windows: tuple[int, ...] = (1, 32)
+    handshake_concurrency: tuple[int, ...] = (1, 50)
+    flood_sources: int = 16
+    flood_window: int = 8
+    idle_timeout: float = 1.0
+    connect_timeout: float = 20.0
+    # Longest idle timeout the reaping scenario may stretch to.
+    max_idle_timeout: float = 60.0
+    # Longest time to spend establishing the idle peers of one memory case.
+    establish_timeout: float = 300.0
+    # Whole-run budget: the reaping scenario, which comes last, skips the cases
+    # that would not fit in what is left of it.
+    budget: float = math.inf
+
+    @classmethod
+    def for_mode(cls, quick: bool) -> Settings:
+        if quick:
+            return cls(
+                quick=True,
+                repetitions=3,
+                echo_seconds=0.1,
+                handshake_seconds=0.25,
+                flood_seconds=0.15,
+                engine_seconds=0.15,
+                memory_peers=(1000,),
+                engine_memory_pairs=500,
+                reap_peers=(200, 1000),
+                max_idle_timeout=3.0,
+                establish_timeout=5.0,
+                budget=55.0,
+                connect_timeout=10.0,
+            )
+        return cls(
+            quick=False,
+            repetitions=5,
+            echo_seconds=1.0,
+            handshake_seconds=1.5,
+            flood_seconds=1.0,
+            engine_seconds=1.0,
+            memory_peers=(1000, 10000),
+            engine_memory_pairs=2000,
+            reap_peers=(1000, 10000),
+        )
+
+
+class Bench:
+    """State shared by the scenarios: settings, targets and the report."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.started = time.perf_counter()
+        self.report = Report()
+        self.targets: dict[str, Target] = {}
+        self.unavailable: dict[str, str] = {}
+        # idle peers established per second by the lightweight client, per target
+        self.establish_rate: dict[str, float] = {}
+        for name in ORDER:
+            target = TARGETS[name]()
+            try:
+                target.check()
+            except Unavailable as exc:
+                self.unavailable[name] = str(exc)
+                log(f"{name} unavailable: {exc}")
+            self.targets[name] = target
+
+    def time_left(self) -> float:
+        """Seconds left of the run's budget (infinite unless --quick)."""
+        return self.settings.budget - (time.perf_counter() - self.started)
+
+    def available(self, names: Iterable[str] = ORDER) -> list[str]:
+        return [name for name in names if name not in self.unavailable]
+
+    def skip(
+        self,
+        scenario: str,
+        case: str,
+        target: str,
+        reason: str,
+        *,
+        status: str = "unavailable",
+    ) -> Row:
+        """Add a row without figures that says why there are none."""
+        log(f"{scenario}: {target} {status}: {reason}")
+        return self.report.add(
+            Row(scenario, case, target, "", note=f"{status}: {reason}")
+        )
+
+    def skip_unavailable(self, scenario: str, names: Iterable[str]) -> None:
+        for name in names:
+            if name in self.unavailable:
+                self.skip(scenario, "all cases", name, self.unavailable[name])
+
+
+def _log_row(row: Row) -> None:
+    median = row.median
+    figure = "-" if median is None else f"{median:,.4g}"
+    log(f"{row.scenario} | {row.case} | {row.target}: {figure} {row.unit} {row.note}")
+
+
+def _isolated(function: Any, *args: Any, timeout: float) -> Any:
+    try:
+        return engine.run_isolated(function, *args, timeout=timeout)
+    except Exception as exc:
+        return exc
+
+
+# ---------------------------------------------------------------- bare engine
+
+
+def engine_case(size: int) -> str:
+    return f"{size} B in memory (bare engine)"
+
+
+ENGINE_HANDSHAKE_CASE = "in memory (bare engine)"
+ENGINE_HALF_CASE = "per connection half (bare engine)"
+ENGINE_SERVER_HALF_CASE = "per server half (bare engine)"
+
+
+def engine_baseline(bench: Bench) -> None:
+    """Scenario rows for the bare engine, each measured in a fresh process."""
+    s = bench.settings
+    report = bench.report
+    log("bare engine: handshakes and round trips in memory")
+    budget = 30 + 4 * s.repetitions * s.engine_seconds * (1 + len(s.echo_sizes))
+    speed = _isolated(
+        engine.measure_speed,
+        s.engine_seconds,
+        s.repetitions,
+        s.echo_sizes,
+        timeout=budget,
+    )
+    if isinstance(speed, Exception):
+        bench.skip(HANDSHAKES, ENGINE_HANDSHAKE_CASE, ENGINE, describe(speed))
+        for size in s.echo_sizes:
+            bench.skip(ECHO, engine_case(size), ENGINE, describe(speed))
+    else:
+        _log_row(
+            report.add(
+                Row(
+                    HANDSHAKES,
+                    ENGINE_HANDSHAKE_CASE,
+                    ENGINE,
+                    "hs/s",
+                    samples=speed["handshakes_per_s"],
+                )
+            )
+        )
+        for size in s.echo_sizes:
+            _log_row(
+                report.add(
+                    Row(
+                        ECHO,
+                        engine_case(size),
+                        ENGINE,
+                        "rt/s",
+                        samples=speed[f"round_trips_per_s_{size}"],
+                    )
+                )
+            )
+
+    log(f"bare engine: memory of {s.engine_memory_pairs:,} established pairs")
+    for case, server_only in (
+        (ENGINE_HALF_CASE, False),
+        (ENGINE_SERVER_HALF_CASE, True),
+    ):
+        memory = _isolated(
+            engine.measure_memory, s.engine_memory_pairs, server_only, timeout=120
+        )
+        if isinstance(memory, Exception):
+            bench.skip(MEMORY, case, ENGINE, describe(memory))
+            continue
+        _log_row(
+            report.add(
+                Row(
+                    MEMORY,
+                    case,
+                    ENGINE,
+                    "KiB",
+                    samples=[memory["bytes_per_half"] / 1024],
+                    raw=[memory],
+                )
+            )
+        )
+
+
+# ---------------------------------------- echo, handshakes, flood (shared servers)
+
+
+def start_servers(bench: Bench, names: Iterable[str]) -> dict[str, ServerProcess]:
+    """Start one server process per target (in parallel), skip the failures."""
+    starting = {name: ServerProcess(ServerConfig(name)) for name in names}
+    ready: dict[str, ServerProcess] = {}
+    for name, server in starting.items():
+        try:
+            ready[name] = server.wait_ready()
+            log(f"{name} server pid {server.pid} on port {server.address[1]}")
+        except Exception as exc:
+            bench.unavailable[name] = f"server did not start: {describe(exc)}"
+            log(f"{name} unavailable: {bench.unavailable[name]}")
+    return ready
+
+
+async def shared_server_scenarios(
+    bench: Bench, servers: dict[str, ServerProcess]
+) -> None:
+    # The flood goes first, while no server has any peer, so that the live peer
+    # count afterwards must be exactly 0. Handshakes go last because they leave
+    # many abandoned peers behind on the servers.
+    await flood_scenario(bench, servers)
+    await echo_scenario(bench, servers)
+    await handshake_scenario(bench, servers)
+
+
+def echo_case(peers: int, size: int, window: int) -> str:
+    plural = "peer" if peers == 1 else "peers"
+    mode = "ping-pong" if window == 1 else f"{window} in flight"
+    return f"{size} B, {peers} {plural}, {mode}"
+
+
+def _echo_refs(name: str, case: str, size: int) -> dict[str, tuple[str, str]]:
+    refs: dict[str, tuple[str, str]] = {}
+    if name != "raw_udp":
+        refs["raw_udp"] = (case, "raw_udp")
+        refs["engine"] = (engine_case(size), ENGINE)
+    if name == OURS:
+        refs["trio_dtls"] = (case, "trio_dtls")
+    return refs
+
+
+async def echo_scenario(bench: Bench, servers: dict[str, ServerProcess]) -> None:
+    s = bench.settings
+    bench.skip_unavailable(ECHO, ORDER)
+    most_peers = max(s.echo_peers)
+    async with contextlib.AsyncExitStack() as stack:
+        peer_sets: dict[str, load.PeerSet] = {}
+        for name in bench.available():
+            if name not in servers:
+                continue
+            server = servers[name]
+            try:
+                server.check_alive()
+                peers = await stack.enter_async_context(
+                    load.open_peers(
+                        bench.targets[name],
+                        server.address,
+                        server.client_info,
+                        most_peers,
+                        connect_within=s.connect_timeout,
+                    )
+                )
+                if not peers.channels:
+                    raise RuntimeError(
+                        peers.failures[0] if peers.failures else "no peer connected"
+                    )
+            except Exception as exc:
+                bench.skip(ECHO, "all cases", name, describe(exc))
+                continue
+            peer_sets[name] = peers
+            log(
+                f"echo: {name}: {len(peers.channels)}/{most_peers} peers connected "
+                f"in {peers.connect_seconds:.2f} s"
+            )
+
+        # Targets take turns case by case; within a case, a target's
+        # repetitions are consecutive samples of one steady run.
+        cases = itertools.product(s.echo_peers, s.echo_sizes, s.echo_windows)
+        for peer_count, size, window in cases:
+            case = echo_case(peer_count, size, window)
+            for name in list(peer_sets):
+                channels = peer_sets[name].channels[:peer_count]
+                refs = _echo_refs(name, case, size)
+                row = bench.report.add(Row(ECHO, case, name, "rt/s", refs=refs))
+                try:
+                    servers[name].check_alive()
+                    result = await load.echo_run(
+                        channels,
+                        size,
+                        window,
+                        samples=s.repetitions,
+                        sample_seconds=s.echo_seconds,
+                    )
+                except Exception as exc:
+                    row.note = f"unavailable: {describe(exc)}"
+                    log(f"echo: {name} failed: {describe(exc)}")
+                    del peer_sets[name]
+                    continue
+                if result.round_trips == 0:
+                    row.note = "unavailable: no echo came back"
+                else:
+                    row.samples = result.rates
+                row.raw.append(dataclasses.asdict(result) | {"peers": len(channels)})
+                _annotate_echo(row, peer_count)
+                _log_row(row)
+
+
+def _annotate_echo(row: Row, wanted_peers: int) -> None:
+    if not row.raw:
+        return
+    raw = row.raw[0]
+    notes = [row.note] if row.note else []
+    if raw["peers"] < wanted_peers:
+        notes.append(f"only {raw['peers']} of {wanted_peers} peers")
+    if raw["timeouts"]:
+        notes.append(
+            f"{raw['timeouts']} reply timeouts, "
+            f"{raw['round_trips']:,}/{raw['sent']:,} answered"
+        )
+    row.note = "; ".join(notes)
+
+
+async def handshake_scenario(bench: Bench, servers: dict[str, ServerProcess]) -> None:
+    s = bench.settings
+    names = [n for n in bench.available() if n in servers and bench.targets[n].secure]
+    bench.skip_unavailable(HANDSHAKES, (n for n in ORDER if bench.targets[n].secure))
+    for concurrency in s.handshake_concurrency:
+        case = "sequential" if concurrency == 1 else f"{concurrency} concurrent"
+        for name in names:
+            refs = {"engine": (ENGINE_HANDSHAKE_CASE, ENGINE)}
+            if name == OURS:
+                refs["trio_dtls"] = (case, "trio_dtls")
+            row = bench.report.add(Row(HANDSHAKES, case, name, "hs/s", refs=refs))
+            server = servers[name]
+            try:
+                server.check_alive()
+                result = await load.handshake_run(
+                    bench.targets[name],
+                    server.address,
+                    server.client_info,
+                    concurrency,
+                    samples=s.repetitions,
+                    sample_seconds=s.handshake_seconds,
+                )
+            except Exception as exc:
+                row.note = f"unavailable: {describe(exc)}"
+                log(f"handshakes: {name} failed: {describe(exc)}")
+                continue
+            row.raw.append(dataclasses.asdict(result))
+            if result.completed == 0:
+                reason = result.errors[0] if result.errors else "no handshake completed"
+                row.note = f"unavailable: {reason}"
+            else:
+                row.samples = result.rates
+                if result.failed:
+                    row.note = f"{result.failed} failed"
+                    if result.errors:
+                        row.note += f" ({result.errors[0]})"
+            _log_row(row)
+
+
+async def flood_scenario(bench: Bench, servers: dict[str, ServerProcess]) -> None:
+    s = bench.settings
+    hello = load.client_hello()
+    rate_case = f"answers/s ({s.flood_sources} sources, {len(hello)} B hello)"
+    amp_case = "amplification (bytes out / bytes in)"
+    peers_case = "live peers after the flood"
+    bench.skip_unavailable(FLOOD, ORDER)
+    names = [n for n in bench.available() if n in servers]
+    rate_rows: dict[str, Row] = {}
+    amp_rows: dict[str, Row] = {}
+    for name in names:
+        refs = {} if name == "raw_udp" else {"raw_udp": (rate_case, "raw_udp")}
+        if name == OURS:
+            refs["trio_dtls"] = (rate_case, "trio_dtls")
+        rate_rows[name] = bench.report.add(
+            Row(FLOOD, rate_case, name, "answers/s", refs=refs)
+        )
+        amp_rows[name] = bench.report.add(Row(FLOOD, amp_case, name, "x"))
+    for _ in range(s.repetitions):
+        for name in list(names):
+            try:
+                servers[name].check_alive()
+                result = await load.flood(
+                    servers[name].address,
+                    hello,
+                    sources=s.flood_sources,
+                    window=s.flood_window,
+                    duration=s.flood_seconds,
+                )
+                if result.responses == 0:
+                    raise RuntimeError("no answer to any ClientHello")
+            except Exception as exc:
+                rate_rows[name].note = f"unavailable: {describe(exc)}"
+                log(f"flood: {name} failed: {describe(exc)}")
+                names.remove(name)
+                continue
+            rate_rows[name].samples.append(result.rate)
+            rate_rows[name].raw.append(dataclasses.asdict(result))
+            amp_rows[name].samples.append(result.amplification)
+    for name in names:
+        row = rate_rows[name]
+        if bench.targets[name].secure and row.raw:
+            answers = sum(r["responses"] for r in row.raw)
+            verify = sum(r["hello_verify_requests"] for r in row.raw)
+            row.note = f"{verify / answers:.0%} HelloVerifyRequests"
+        try:
+            reply = await servers[name].arequest("stats")
+        except Exception as exc:
+            log(f"flood: {name} statistics failed: {describe(exc)}")
+            continue
+        stats = reply.get("stats") or {}
+        peers = stats.get("peers")
+        if bench.targets[name].secure:
+            bench.report.add(
+                Row(
+                    FLOOD,
+                    peers_case,
+                    name,
+                    "peers",
+                    samples=[] if peers is None else [float(peers)],
+                    note=""
+                    if peers is None
+                    else ("ok" if peers == 0 else "SHOULD BE 0"),
+                    raw=[stats],
+                )
+            )
+    for rows in (rate_rows, amp_rows):
+        for row in rows.values():
+            _log_row(row)
+
+
+# ----------------------------------------------------------- memory per peer
+
+
+def memory_scenario(bench: Bench) -> None:
+    """Server RSS growth per established idle peer, in a fresh server each."""
+    s = bench.settings
+    bench.skip_unavailable(MEMORY, ("trio_dtls", OURS))
+    for name in bench.available(("trio_dtls", OURS)):
+        log(f"memory: {name}: establishing {max(s.memory_peers):,} idle peers")
+        try:
+            with ServerProcess(ServerConfig(name)) as server:
+                rows = trio.run(_memory_run, bench, name, server)
+        except Exception as exc:
+            bench.skip(MEMORY, "all cases", name, describe(exc))
+            continue
+        for row in rows:
+            bench.report.add(row)
+            _log_row(row)
+
+
+async def _memory_run(bench: Bench, name: str, server: ServerProcess) -> list[Row]:
+    s = bench.settings
+    rows: list[Row] = []
+    refs = {"engine": (ENGINE_SERVER_HALF_CASE, ENGINE)}
+    async with contextlib.AsyncExitStack() as stack:
+        # A few peers first, so one-time allocations are not counted per peer.
+        await stack.enter_async_context(load.idle_peers(server.address, 20))
+        base = (await server.arequest("rss"))["rss"]
+        established = 0
+        for wanted in s.memory_peers:
+            batch = await stack.enter_async_context(
+                load.idle_peers(
+                    server.address,
+                    wanted - established,
+                    start_within=min(
+                        10 + (wanted - established) / 50, s.establish_timeout
+                    ),
+                )
+            )
+            established += len(batch.sockets)
+            if not established:
+                raise RuntimeError("no peer could be established")
+            if batch.seconds > 0:
+                bench.establish_rate[name] = len(batch.sockets) / batch.seconds
+            rss = (await server.arequest("rss"))["rss"]
+            stats = (await server.arequest("stats")).get("stats")
+            case = f"{wanted:,} idle peers"
+            row_refs = dict(refs)
+            if name == OURS:
+                row_refs["trio_dtls"] = (case, "trio_dtls")
+            note = (
+                [] if established == wanted else [f"only {established:,} established"]
+            )
+            server_peers = (stats or {}).get("peers")
+            if isinstance(server_peers, int) and server_peers < established:
+                note.append(f"server reports {server_peers:,} peers")
+            rows.append(
+                Row(
+                    MEMORY,
+                    case,
+                    name,
+                    "KiB",
+                    samples=[(rss - base) / established / 1024],
+                    refs=row_refs,
+                    note="; ".join(note),
+                    raw=[
+                        {
+                            "rss_base": base,
+                            "rss": rss,
+                            "peers": established,
+                            "establish_seconds": batch.seconds,
+                            "failures": batch.failures,
+                            "stats": stats,
+                        }
+                    ],
+                )
+            )
+            log(
+                f"memory: {name}: {established:,} peers, {batch.seconds:.1f} s for the last batch"
+            )
+    return rows
+
+
+# ------------------------------------------------------------------- reaping
+
+
+@dataclasses.dataclass
+class ReapResult:
+    peers: int
+    reaped: int  # handlers that ended after the idle timeout
+    drained: bool  # statistics().peers went back to 0
+    idle_timeout: float
+    mean_lag: float  # mean of (handler ended - idle deadline), seconds
+    max_lag: float
+    tail: float  # last idle deadline -> statistics().peers == 0, seconds
+    establish_seconds: float
+    overlap: float  # how long establishing went on after the first expiry
+
+
+def reaping_scenario(bench: Bench) -> None:
+    s = bench.settings
+    small, big = s.reap_peers
+    if OURS in bench.unavailable:
+        bench.skip(REAPING, "all cases", OURS, bench.unavailable[OURS])
+        return
+    # Reaping is measured on an otherwise idle server: the idle timeout is
+    # stretched past the time it takes to establish all the peers, judged
+    # from how fast the memory scenario established them.
+    rate = bench.establish_rate.get(OURS, 200.0)
+    results: dict[int, ReapResult] = {}
+    for count in (small, big):
+        idle_timeout = round(
+            min(max(s.idle_timeout, 1.3 * count / rate + 0.3), s.max_idle_timeout), 1
+        )
+        case = f"{count:,} idle peers"
+        needed = 2.0 + count / rate + idle_timeout
+        if bench.time_left() < needed:
+            reason = f"needs ~{needed:.0f} s, {max(bench.time_left(), 0):.0f} s left"
+            bench.skip(REAPING, case, OURS, reason, status="skipped (time budget)")
+            continue
+        log(f"reaping: {count:,} peers, idle timeout {idle_timeout:g} s")
+        try:
+            config = ServerConfig(OURS, idle_timeout=idle_timeout)
+            with ServerProcess(config) as server:
+                results[count] = trio.run(_reap_run, server, count, idle_timeout)
+        except Exception as exc:
+            bench.skip(REAPING, case, OURS, describe(exc))
+            continue
+        result = results[count]
+        notes = [f"idle timeout {idle_timeout:g} s"]
+        if result.peers < count:
+            notes.append(f"only {result.peers:,} of {count:,} peers established")
+        if result.reaped < result.peers:
+            notes.append(f"{result.reaped:,} of {result.peers:,} reaped")
+        if not result.drained:
+            notes.append("statistics().peers never reached 0")
+        if result.overlap > 0:
+            notes.append(f"overlapped establishing by {result.overlap:.1f} s")
+        for label, value in (
+            ("mean lag, idle deadline to handler end", result.mean_lag),
+            ("last idle deadline to statistics().peers == 0", result.tail),
+        ):
+            _log_row(
+                bench.report.add(
+                    Row(
+                        REAPING,
+                        f"{case}: {label}",
+                        OURS,
+                        "ms",
+                        samples=[] if math.isnan(value) else [value * 1000],
+                        note="; ".join(notes),
+                        raw=[dataclasses.asdict(result)],
+                    )
+                )
+            )
+    if small in results and big in results and results[small].mean_lag > 0:
+        ratio = results[big].mean_lag / results[small].mean_lag
+        _log_row(
+            bench.report.add(
+                Row(
+                    REAPING,
+                    f"mean lag, {big:,} / {small:,} peers",
+                    OURS,
+                    "x",
+                    samples=[ratio],
+                    note="near 1 means reaping scales",
+                )
+            )
+        )
+
+
+async def _reap_run(
+    server: ServerProcess, count: int, idle_timeout: float
+) -> ReapResult:
+    await server.arequest("watch_start", 0.002)
+    async with load.idle_peers(
+        server.address, count, start_within=idle_timeout
+    ) as peers:
+        if not peers.sockets:
+            raise RuntimeError("no peer could be established")
+        # Reaping is expected within milliseconds of the deadline; a few
+        # seconds of grace is plenty, and keeps a stuck peer from stalling us.
+        wait = idle_timeout + 3.0
+        watched = await server.arequest("watch_result", wait, wait=wait + 10.0)
+        times = (await server.arequest("reap_times"))["reap_times"]
+    lags = [lag for _, lag in times]
+    deadlines = [ended - lag for ended, lag in times]
+    drained_at = next(
+        (
+            when
+            for when, peers in watched["series"]
+            if peers == 0 and when > min(deadlines, default=0)
+        ),
+        None,
+    )
+    overlap = max(peers.last_sent_at) - (min(peers.last_sent_at) + idle_timeout)
+    return ReapResult(
+        peers=len(peers.sockets),
+        reaped=len(times),
+        drained=bool(watched["drained"]),
+        idle_timeout=idle_timeout,
+        mean_lag=statistics.fmean(lags) if lags else math.nan,
+        max_lag=max(lags, default=math.nan),
+        tail=math.nan
+        if drained_at is None or not deadlines
+        else drained_at - max(deadlines),
+        establish_seconds=peers.seconds,
+        overlap=max(overlap, 0.0),
+    )
