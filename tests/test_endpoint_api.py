@@ -9,7 +9,13 @@ import trio
 from OpenSSL import SSL
 
 import trio_dtlsmux
-from trio_dtlsmux import DtlsConnection, DtlsEndpoint, HandshakeError, HandshakeTimeout, SelfSigned
+from trio_dtlsmux import (
+    DtlsConnection,
+    DtlsEndpoint,
+    HandshakeError,
+    HandshakeTimeout,
+    SelfSigned,
+)
 from trio_dtlsmux.testing import FakeNetwork
 
 from .conftest import echo, fake_socket, udp_socket
@@ -56,7 +62,7 @@ async def test_socket_must_be_a_trio_udp_socket() -> None:
     tcp = trio.socket.socket(trio.socket.AF_INET, trio.socket.SOCK_STREAM)
     with tcp, pytest.raises(ValueError, match="SOCK_DGRAM"):
         DtlsEndpoint(tcp)
-    with pytest.raises(TypeError, match="OpenSSL.SSL.Context"):
+    with pytest.raises(TypeError, match=r"OpenSSL\.SSL\.Context"):
         DtlsEndpoint(FakeNetwork().socket(), server_context="ctx")  # type: ignore[arg-type]
 
 
@@ -88,7 +94,7 @@ async def test_bad_connect_arguments(client_ctx: SSL.Context) -> None:
             await ep.connect((b"10.0.0.1", 4433), client_ctx)  # type: ignore[arg-type]
         with pytest.raises(ValueError, match="tuple"):
             await ep.connect("10.0.0.1:4433", client_ctx)  # type: ignore[arg-type]
-        with pytest.raises(TypeError, match="SSL.Context"):
+        with pytest.raises(TypeError, match=r"SSL\.Context"):
             await ep.connect(SERVER, None)  # type: ignore[arg-type]
         with pytest.raises(ValueError, match="server_hostname"):
             await ep.connect(SERVER, client_ctx, server_hostname=True)
@@ -209,3 +215,26 @@ async def test_certificate_failure_is_a_handshake_error_not_an_openssl_error(
     assert isinstance(caught.value, trio.BrokenResourceError)
     assert "fingerprint" in caught.value.reason or "pin" in caught.value.reason
     assert server.statistics().handshakes_failed == {"alert": 1}
+
+
+async def test_an_error_in_the_body_is_not_wrapped_in_a_group() -> None:
+    net = FakeNetwork()
+    with pytest.raises(KeyError, match="mine"):
+        async with DtlsEndpoint(await fake_socket(net, *CLIENT)):
+            raise KeyError("mine")
+
+
+async def test_oversized_message_is_refused_without_breaking_the_connection(
+    autojump_clock: trio.testing.MockClock, server_ctx: SSL.Context, client_ctx: SSL.Context
+) -> None:
+    net = FakeNetwork()
+    options = {"mtu": 20_000}
+    async with DtlsEndpoint(await fake_socket(net, *SERVER), server_context=server_ctx, **options) as server:
+        async with DtlsEndpoint(await fake_socket(net, *CLIENT), **options) as client:
+            conn = await client.connect(SERVER, client_ctx, server_hostname=False)
+            theirs = await server.accept()
+            assert conn.get_cleartext_mtu() == 16384  # one record's plaintext at most
+            with pytest.raises(ValueError, match="cleartext MTU"):
+                await conn.send(b"x" * 16385)
+            await conn.send(b"x" * 16384)
+            assert await theirs.receive() == b"x" * 16384

@@ -79,6 +79,7 @@ from ._statistics import ConnectionCounters
 _CBC_OVERHEAD = 80
 
 _BIO_CHUNK = 65536
+_MAX_PLAINTEXT = 1 << 14
 
 
 class Role(enum.Enum):
@@ -644,7 +645,10 @@ class Association:
 
     def cleartext_mtu(self) -> int:
         if self._cleartext_mtu is None:
-            return self.config.mtu - rec.RECORD_HEADER_SIZE - _CBC_OVERHEAD
+            return min(
+                self.config.mtu - rec.RECORD_HEADER_SIZE - _CBC_OVERHEAD,
+                _MAX_PLAINTEXT,
+            )
         return self._cleartext_mtu
 
     def _compute_cleartext_mtu(self, ssl: SSL.Connection) -> int:
@@ -661,7 +665,9 @@ class Association:
             else:
                 overhead = _CBC_OVERHEAD
             value = self.config.mtu - rec.RECORD_HEADER_SIZE - overhead
-        return value
+        # A record never carries more than 2**14 bytes of plaintext (RFC 5246,
+        # 6.2.1), however large the datagrams may be.
+        return min(value, _MAX_PLAINTEXT)
 
     def send_message(self, data: bytes) -> list[bytes]:
         """Encrypt one message into one record; returns the datagram(s)."""

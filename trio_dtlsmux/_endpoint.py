@@ -31,6 +31,7 @@ from __future__ import annotations
 import errno
 import math
 import socket as _stdlib_socket
+import sys
 import weakref
 from collections.abc import Awaitable, Callable
 from typing import IO, Any
@@ -45,6 +46,11 @@ from ._connection import _PRIVATE, DtlsConnection
 from ._cookies import COOKIE_LENGTH, CookieJar
 from ._errors import HandshakeError
 from ._statistics import EndpointCounters, EndpointStatistics
+
+if sys.version_info < (3, 11):  # pragma: no cover
+    from exceptiongroup import (  # type: ignore[import-not-found,unused-ignore]
+        BaseExceptionGroup,
+    )
 
 __all__ = ["DtlsEndpoint"]
 
@@ -219,6 +225,14 @@ class DtlsEndpoint:
             self._nursery.cancel_scope.cancel()
             try:
                 suppress = await self._nursery_manager.__aexit__(*exc_info)
+            except BaseExceptionGroup as group:
+                # The body of ``async with`` raised and no task of ours did:
+                # let the body's exception through as it was, not wrapped in
+                # the group that the endpoint's nursery makes of it.
+                if len(group.exceptions) == 1 and group.exceptions[0] is exc_info[1]:
+                    suppress = False
+                else:
+                    raise
             finally:
                 self._sock.close()
                 if self._owns_keylog and self._keylog_file is not None:
