@@ -62,7 +62,7 @@ async def test_talking_peer_is_never_reaped(
         async with DtlsEndpoint(await fake_socket(net, *CLIENT)) as client, trio.open_nursery() as nursery:
             await nursery.start(server.serve, echo)
             conn = await client.connect(SERVER, client_ctx, server_hostname=False)
-            for i in range(30):  # 30 × 9 s = 270 s, far past the 10 s timeout
+            for i in range(30):  # 30 x 9 s = 270 s, far past the 10 s timeout
                 await trio.sleep(9)
                 await conn.send(b"%d" % i)
                 assert await conn.receive() == b"%d" % i
@@ -116,7 +116,7 @@ async def test_leaving_the_endpoint_closes_every_peer(
     async with contextlib.AsyncExitStack() as stack:
         clients = [
             await stack.enter_async_context(
-                DtlsEndpoint(await fake_socket(net, "10.0.1.%d" % (i + 1), 5000))
+                DtlsEndpoint(await fake_socket(net, f"10.0.1.{i + 1}", 5000))
             )
             for i in range(3)
         ]
@@ -273,7 +273,7 @@ async def test_reaped_peers_are_freed(
         for round_ in range(2):
             async with trio.open_nursery() as nursery:
                 for i in range(100):
-                    async def one(i: int = i) -> None:
+                    async def one(i: int = i, round_: int = round_) -> None:
                         sock = await fake_socket(net, f"10.3.{round_}.{i + 1}", 5000)
                         async with DtlsEndpoint(sock) as ep:
                             await ep.connect(SERVER, client_ctx, server_hostname=False)
@@ -346,7 +346,7 @@ async def test_session_info_alpn_srtp_and_client_certificates(
                 assert side.alpn_protocol == b"coap"
                 assert side.srtp_profile == b"SRTP_AES128_CM_SHA1_80"
                 assert side.version == "DTLSv1.2"
-                assert side.cipher and "GCM" in side.cipher or "CHACHA" in (side.cipher or "")
+                assert (side.cipher and "GCM" in side.cipher) or "CHACHA" in (side.cipher or "")
             assert conn.peer_certificate == identity.certificate
             assert theirs.peer_certificate == client_id.certificate
             assert theirs.peer_certificate_chain[0] == client_id.certificate

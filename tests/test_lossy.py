@@ -123,7 +123,7 @@ async def test_lost_final_flight_is_recovered(
     net.route_hook = hook
     with trio.fail_after(30):
         start = trio.current_time()
-        results, server = await run_clients(net, server_ctx, client_ctx, 1)
+        results, _ = await run_clients(net, server_ctx, client_ctx, 1)
     assert dropped, "the hook saw the final flight"
     assert results[0][1] == [b"0:0", b"0:1", b"0:2"]
     # Recovered by one retransmission, about one initial timeout later.
