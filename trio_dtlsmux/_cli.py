@@ -1,0 +1,883 @@
+"""The command line: ``python -m trio_dtlsmux serve | connect | demo``.
+
+* ``serve`` runs a DTLS echo server for any number of peers, with a
+  throw-away self-signed certificate unless one is given.
+* ``connect`` is a small ``openssl s_client`` in the other direction: lines
+  from stdin go out as messages, messages that come back go to stdout.
+* ``demo`` (in :mod:`._demo`) runs a server and many clients in one process
+  and reports how fast it went.
+
+Exit codes: 0 success (also after Ctrl-C for ``serve``), 1 failure at run
+time (a handshake or the network), 2 bad arguments, 130 ``connect``
+interrupted.
+
+Everything that can be checked before the event loop starts (arguments,
+certificate files, the key log file) is checked first, so a mistake is one
+line on stderr and exit code 2 rather than a traceback from inside a task.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import os
+import signal
+import socket as _stdlib_socket
+import stat
+import sys
+from collections.abc import Awaitable, Callable, Sequence
+from typing import IO, Any, NoReturn
+
+import trio
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from OpenSSL import SSL
+
+from . import __version__
+from ._connection import DtlsConnection
+from ._endpoint import DtlsEndpoint
+from ._errors import (
+    ConnectionTimedOut,
+    HandshakeError,
+    PeerAlert,
+    PeerClosed,
+    PeerRestarted,
+)
+from ._statistics import EndpointStatistics
+from .contexts import client_context, self_signed, server_context
+
+__all__ = ["build_parser", "main"]
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+DEFAULT_PORT = 4433
+
+# DTLS 1.2 on the wire (RFC 6347); pyOpenSSL has no name for it.
+_DTLS1_2_VERSION = 0xFEFD
+
+_log = logging.getLogger("trio_dtlsmux.cli")
+
+
+# -- small helpers -------------------------------------------------------------
+
+
+def format_address(host: str, port: int) -> str:
+    """``host:port``, with IPv6 literals in brackets as URLs write them."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _peer_text(address: Any) -> str:
+    try:
+        return format_address(str(address[0]), int(address[1]))
+    except (TypeError, IndexError, ValueError):
+        return repr(address)
+
+
+def _one_line(text: object) -> str:
+    return " ".join(str(text).split())
+
+
+def _say(text: str = "") -> None:
+    """A line on stdout, flushed at once (other programs wait for it)."""
+    print(text, flush=True)
+
+
+def _warn(prog: str, text: str) -> None:
+    print(f"{prog}: warning: {_one_line(text)}", file=sys.stderr, flush=True)
+
+
+def _fail(prog: str, text: str) -> None:
+    print(f"{prog}: error: {_one_line(text)}", file=sys.stderr, flush=True)
+
+
+def _leaves(exc: BaseException) -> list[BaseException]:
+    """The exceptions inside (nested) exception groups, or ``[exc]``."""
+    inner = getattr(exc, "exceptions", None)
+    if not isinstance(inner, tuple):
+        return [exc]
+    found: list[BaseException] = []
+    for item in inner:
+        if isinstance(item, BaseException):
+            found.extend(_leaves(item))
+    return found
+
+
+def run_until_interrupted(
+    async_fn: Callable[..., Awaitable[int]], *args: Any, interrupted: int
+) -> int:
+    """``trio.run`` that turns a Ctrl-C which slipped past our signal
+    handling (before it was installed, say) into an exit code."""
+    try:
+        return trio.run(async_fn, *args)
+    except BaseException as exc:
+        leaves = _leaves(exc)
+        if leaves and all(isinstance(leaf, KeyboardInterrupt) for leaf in leaves):
+            return interrupted
+        raise
+
+
+# -- argument types ------------------------------------------------------------
+
+
+class _Parser(argparse.ArgumentParser):
+    """An ``ArgumentParser`` whose errors are a single line on stderr."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(
+            EXIT_USAGE,
+            f"{self.prog}: error: {_one_line(message)} (see {self.prog} --help)\n",
+        )
+
+
+def _port_number(text: str, *, minimum: int) -> int:
+    try:
+        port = int(text, 10)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"port must be a number, not {text!r}"
+        ) from None
+    if not minimum <= port <= 65535:
+        raise argparse.ArgumentTypeError(
+            f"port must be from {minimum} to 65535, not {port}"
+        )
+    return port
+
+
+def _listen_port(text: str) -> int:
+    return _port_number(text, minimum=0)
+
+
+def host_port(text: str) -> tuple[str, int]:
+    """Parse ``HOST:PORT`` or ``[IPV6]:PORT``."""
+    if text.startswith("["):
+        end = text.find("]")
+        if end == -1 or text[end + 1 : end + 2] != ":":
+            raise argparse.ArgumentTypeError(
+                f"expected [IPV6-ADDRESS]:PORT, not {text!r}"
+            )
+        host, port_text = text[1:end], text[end + 2 :]
+    else:
+        host, colon, port_text = text.rpartition(":")
+        if not colon:
+            raise argparse.ArgumentTypeError(f"expected HOST:PORT, not {text!r}")
+        if ":" in host:
+            raise argparse.ArgumentTypeError(
+                f"put an IPv6 address in brackets, as in [::1]:{port_text or 4433}"
+            )
+    if not host:
+        raise argparse.ArgumentTypeError(f"the host is missing in {text!r}")
+    return host, _port_number(port_text, minimum=1)
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected a number of seconds, not {text!r}"
+        ) from None
+    if not (value > 0 and math.isfinite(value)):
+        raise argparse.ArgumentTypeError(
+            f"must be a positive number of seconds, not {text}"
+        )
+    return value
+
+
+def _idle_seconds(text: str) -> float:
+    """Seconds, where 0 (or "none"/"off") means never."""
+    if text.strip().lower() in ("none", "off"):
+        return 0.0
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected a number of seconds, not {text!r}"
+        ) from None
+    if not (value >= 0 and math.isfinite(value)):
+        raise argparse.ArgumentTypeError(
+            f"must be 0 (never) or a positive number of seconds, not {text}"
+        )
+    return value
+
+
+def build_parser(prog: str = "trio-dtlsmux") -> argparse.ArgumentParser:
+    """The argument parser of the whole command line."""
+    # Imported here so that ``serve`` and ``connect`` do not pay for it.
+    from . import _demo
+
+    parser = _Parser(
+        prog=prog,
+        description="DTLS 1.2 over one UDP socket, for Trio: an echo server, "
+        "a line-based client and a load demo.",
+        epilog="SSLKEYLOGFILE, if set, is where serve and connect write TLS "
+        "secrets for Wireshark (as browsers do); --keylog overrides it.",
+    )
+    parser.add_argument(
+        "--version", action="version", version=f"trio-dtlsmux {__version__}"
+    )
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    serve = commands.add_parser(
+        "serve",
+        help="run a DTLS echo server",
+        description="Run a DTLS 1.2 echo server: every message a peer sends "
+        "comes back unchanged. Without --cert it makes a self-signed ECDSA "
+        "P-256 certificate for this run and prints its fingerprint. Ctrl-C "
+        "sends close_notify to every peer and exits.",
+    )
+    serve.add_argument(
+        "--host", default="127.0.0.1", help="address to bind (default: %(default)s)"
+    )
+    serve.add_argument(
+        "--port",
+        type=_listen_port,
+        default=DEFAULT_PORT,
+        help="UDP port; 0 picks a free one (default: %(default)s)",
+    )
+    serve.add_argument("--cert", metavar="PEM", help="certificate (chain) file")
+    serve.add_argument("--key", metavar="PEM", help="private key file of --cert")
+    serve.add_argument(
+        "--idle-timeout",
+        type=_idle_seconds,
+        default=300.0,
+        metavar="S",
+        help="forget a peer after S seconds of silence; 0 never does "
+        "(default: %(default)s)",
+    )
+    serve.add_argument(
+        "--keylog",
+        metavar="FILE",
+        help="append TLS secrets to FILE (NSS key log format) for Wireshark "
+        "(default: $SSLKEYLOGFILE)",
+    )
+    serve.add_argument(
+        "--stats-every",
+        type=_seconds,
+        metavar="S",
+        help="print the endpoint's statistics every S seconds",
+    )
+    serve.set_defaults(handler=_serve_command, subparser=serve)
+
+    connect = commands.add_parser(
+        "connect",
+        help="send stdin's lines to a DTLS server, print what comes back",
+        description="Connect to a DTLS 1.2 server. Each line read from stdin "
+        "(newline included) is sent as one message; each message received is "
+        "written to stdout unchanged. End of input sends close_notify and "
+        "exits. The server's certificate is checked against the system's "
+        "trusted CAs and the host name unless told otherwise.",
+    )
+    connect.add_argument(
+        "address",
+        type=host_port,
+        metavar="HOST:PORT",
+        help="the server, e.g. localhost:4433 or [::1]:4433",
+    )
+    trust = connect.add_mutually_exclusive_group()
+    trust.add_argument(
+        "--cafile",
+        metavar="PEM",
+        help="trust the CAs in this file instead of the system's",
+    )
+    trust.add_argument(
+        "--fingerprint",
+        metavar="SHA256",
+        help="accept exactly the certificate with this SHA-256 fingerprint "
+        "(hex, ':' optional); no CA or host name check",
+    )
+    trust.add_argument(
+        "--insecure",
+        action="store_true",
+        help="do not check the server's certificate at all (testing only)",
+    )
+    connect.add_argument(
+        "--alpn",
+        action="append",
+        metavar="PROTOCOL",
+        help="offer this ALPN protocol (repeat for more, most preferred first)",
+    )
+    connect.add_argument(
+        "--keylog",
+        metavar="FILE",
+        help="append TLS secrets to FILE for Wireshark (default: $SSLKEYLOGFILE)",
+    )
+    connect.set_defaults(handler=_connect_command, subparser=connect)
+
+    _demo.add_demo_parser(commands)
+    return parser
+
+
+def _default_prog() -> str:
+    if os.path.basename(sys.argv[0] if sys.argv else "") == "__main__.py":
+        return "python -m trio_dtlsmux"
+    return "trio-dtlsmux"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit code.
+
+    Args:
+      argv: the arguments after the program name (default: ``sys.argv[1:]``).
+    """
+    parser = build_parser(_default_prog())
+    opts = parser.parse_args(argv)
+    handler: Callable[[argparse.Namespace, argparse.ArgumentParser], int]
+    handler = opts.handler
+    return handler(opts, opts.subparser)
+
+
+def _usage_error(parser: argparse.ArgumentParser, message: str) -> NoReturn:
+    """Exit 2 with one line: for what argparse could not check itself."""
+    parser.exit(EXIT_USAGE, f"{parser.prog}: error: {_one_line(message)}\n")
+
+
+# -- the key log ---------------------------------------------------------------
+
+
+def _open_keylog(
+    opts: argparse.Namespace, parser: argparse.ArgumentParser
+) -> IO[bytes] | None:
+    """Open the key log file named by --keylog or $SSLKEYLOGFILE.
+
+    A bad --keylog is a usage error. A bad $SSLKEYLOGFILE only earns a
+    warning, as in browsers: the variable may be meant for some other program.
+    """
+    path: str | None = opts.keylog
+    from_environment = False
+    if path is None:
+        path = os.environ.get("SSLKEYLOGFILE") or None
+        from_environment = True
+    if path is None:
+        return None
+    try:
+        # Key log lines are appended and flushed one at a time, like NSS does.
+        return open(path, "ab")  # the caller closes it
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        if from_environment:
+            _warn(
+                parser.prog,
+                f"SSLKEYLOGFILE {path!r} cannot be opened ({reason}); not logging keys",
+            )
+            return None
+        _usage_error(parser, f"--keylog {path!r} cannot be opened: {reason}")
+
+
+# -- serve ---------------------------------------------------------------------
+
+
+def _certificate_fingerprint(path: str) -> str | None:
+    try:
+        with open(path, "rb") as stream:
+            certificates = x509.load_pem_x509_certificates(stream.read())
+    except (OSError, ValueError):
+        return None
+    digest = certificates[0].fingerprint(hashes.SHA256())
+    return ":".join(f"{byte:02x}" for byte in digest)
+
+
+def _serve_command(opts: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    if opts.cert is None and opts.key is not None:
+        _usage_error(parser, "--key needs --cert")
+    if opts.cert is not None and opts.key is None:
+        _usage_error(
+            parser,
+            "--cert needs --key (or leave both out for a self-signed certificate)",
+        )
+    if opts.cert is None:
+        identity = self_signed()
+        context = server_context(identity)
+        fingerprint: str | None = identity.fingerprint
+        origin = (
+            "self-signed ECDSA P-256 certificate made for this run "
+            f"(CN=localhost, not written to disk, valid until "
+            f"{identity.certificate.not_valid_after_utc:%Y-%m-%d})"
+        )
+    else:
+        try:
+            context = server_context(opts.cert, opts.key)
+        except (ValueError, TypeError) as exc:
+            _usage_error(parser, str(exc))
+        fingerprint = _certificate_fingerprint(opts.cert)
+        origin = f"certificate from {opts.cert}"
+    keylog = _open_keylog(opts, parser)
+    _setup_logging()
+    try:
+        return run_until_interrupted(
+            _serve,
+            opts,
+            parser.prog,
+            context,
+            origin,
+            fingerprint,
+            keylog,
+            interrupted=EXIT_OK,
+        )
+    finally:
+        if keylog is not None:
+            keylog.close()
+
+
+def _setup_logging() -> None:
+    if _log.handlers:
+        return
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
+    _log.addHandler(handler)
+    _log.setLevel(logging.INFO)
+    _log.propagate = False
+
+
+async def _bind(host: str, port: int) -> trio.socket.SocketType:
+    infos = await trio.socket.getaddrinfo(
+        host,
+        port,
+        type=_stdlib_socket.SOCK_DGRAM,
+        flags=_stdlib_socket.AI_PASSIVE,
+    )
+    if not infos:  # pragma: no cover - getaddrinfo raises instead
+        raise OSError(f"{host!r} has no address")
+    family, _, _, _, address = infos[0]
+    sock = trio.socket.socket(family, _stdlib_socket.SOCK_DGRAM)
+    try:
+        await sock.bind(address)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def _reachable_host(host: str) -> str:
+    """Where a client on this machine should send to reach ``host``."""
+    if host in ("0.0.0.0", ""):
+        return "127.0.0.1"
+    if host in ("::", "::0"):
+        return "::1"
+    return host
+
+
+class _EchoService:
+    """The echo handler, with one log line per peer event."""
+
+    def __init__(self, idle_timeout: float | None) -> None:
+        self._idle_timeout = idle_timeout
+        self.active = 0
+
+    async def __call__(self, conn: DtlsConnection) -> None:
+        peer = _peer_text(conn.peer_address)
+        self.active += 1
+        details = ", ".join(
+            part
+            for part in (
+                conn.version,
+                conn.cipher,
+                f"SNI {conn.server_hostname}" if conn.server_hostname else None,
+                f"ALPN {conn.alpn_protocol.decode('ascii', 'replace')}"
+                if conn.alpn_protocol
+                else None,
+            )
+            if part
+        )
+        _log.info("%s handshake done (%s); %d peer(s)", peer, details, self.active)
+        echoed = 0
+        try:
+            async for message in conn:
+                try:
+                    await conn.send(message)
+                except ValueError as exc:
+                    # Bigger than our MTU allows (the peer's may be larger):
+                    # drop this one rather than the server.
+                    _log.warning("%s message not echoed: %s", peer, _one_line(exc))
+                    continue
+                echoed += 1
+        except trio.Cancelled:
+            _log.info("%s closing: server shutting down (%d echoed)", peer, echoed)
+            raise
+        except ConnectionTimedOut:
+            _log.info(
+                "%s reaped: silent for %s s, the idle timeout (%d echoed)",
+                peer,
+                f"{self._idle_timeout:g}" if self._idle_timeout else "?",
+                echoed,
+            )
+        except PeerRestarted:
+            _log.info(
+                "%s restarted: a new handshake from the same address replaced "
+                "this connection (%d echoed)",
+                peer,
+                echoed,
+            )
+        except PeerAlert as exc:
+            _log.info(
+                "%s ended by the peer's fatal alert: %s (%d echoed)",
+                peer,
+                exc.alert,
+                echoed,
+            )
+        except PeerClosed:
+            _log.info("%s closed by the peer (close_notify) (%d echoed)", peer, echoed)
+        except trio.BrokenResourceError as exc:
+            _log.info("%s lost: %s (%d echoed)", peer, _one_line(exc), echoed)
+        except trio.ClosedResourceError:
+            _log.info("%s closed: server shutting down (%d echoed)", peer, echoed)
+        else:
+            _log.info("%s closed by the peer (close_notify) (%d echoed)", peer, echoed)
+        finally:
+            self.active -= 1
+
+
+def format_statistics(stats: EndpointStatistics) -> str:
+    """One line with an endpoint's counters."""
+    failed = ",".join(
+        f"{reason}:{count}" for reason, count in sorted(stats.handshakes_failed.items())
+    )
+    return (
+        f"stats: peers={stats.peers} handshaking={stats.handshakes_in_progress} "
+        f"handshakes={stats.handshakes_completed} failed={failed or 0} "
+        f"cookies={stats.cookies_sent} bad_cookies={stats.cookie_failures} "
+        f"reaped={stats.peers_reaped} restarted={stats.peers_restarted} "
+        f"junk={stats.junk_dropped} over_limits={stats.hellos_dropped_limits} "
+        f"datagrams_in={stats.datagrams_in} datagrams_out={stats.datagrams_out} "
+        f"bytes_in={stats.bytes_in} bytes_out={stats.bytes_out} "
+        f"socket_errors={stats.socket_errors}"
+    )
+
+
+async def _print_statistics(endpoint: DtlsEndpoint, every: float) -> None:
+    while True:
+        await trio.sleep(every)
+        _say(format_statistics(endpoint.statistics()))
+
+
+async def _serve(
+    opts: argparse.Namespace,
+    prog: str,
+    context: SSL.Context,
+    origin: str,
+    fingerprint: str | None,
+    keylog: IO[bytes] | None,
+) -> int:
+    # Take over SIGINT/SIGTERM before anything else, so that a Ctrl-C is a
+    # request to shut down rather than an exception at a random checkpoint.
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        try:
+            sock = await _bind(opts.host, opts.port)
+        except OSError as exc:
+            _fail(
+                prog,
+                f"cannot listen on {format_address(opts.host, opts.port)}: {exc.strerror or exc}",
+            )
+            return EXIT_FAILURE
+        host, port = sock.getsockname()[:2]
+        idle_timeout = opts.idle_timeout or None
+        async with DtlsEndpoint(
+            sock, server_context=context, idle_timeout=idle_timeout, keylog=keylog
+        ) as endpoint:
+            service = _EchoService(idle_timeout)
+            async with trio.open_nursery() as nursery:
+                await nursery.start(endpoint.serve, service)
+                target = format_address(_reachable_host(host), port)
+                _say(f"trio-dtlsmux {__version__}: DTLS 1.2 echo server")
+                _say(f"certificate: {origin}")
+                if fingerprint is not None:
+                    _say(f"SHA-256 fingerprint: {fingerprint}")
+                _say("talk to it with:")
+                _say(f"  openssl s_client -dtls1_2 -connect {target}")
+                if fingerprint is not None:
+                    _say(
+                        f"  python -m trio_dtlsmux connect {target} "
+                        f"--fingerprint {fingerprint}"
+                    )
+                if keylog is not None:
+                    _say(f"key log: {getattr(keylog, 'name', keylog)}")
+                _say(f"listening on {format_address(host, port)} (Ctrl-C to stop)")
+                if opts.stats_every is not None:
+                    nursery.start_soon(_print_statistics, endpoint, opts.stats_every)
+                async for signum in signals:
+                    _log.info(
+                        "%s: shutting down, sending close_notify to %d peer(s)",
+                        signal.Signals(signum).name,
+                        endpoint.statistics().peers,
+                    )
+                    break
+                nursery.cancel_scope.cancel()
+        final = endpoint.statistics()
+    _log.info(
+        "stopped after %d handshake(s); %d datagrams in, %d out",
+        final.handshakes_completed,
+        final.datagrams_in,
+        final.datagrams_out,
+    )
+    return EXIT_OK
+
+
+# -- connect -------------------------------------------------------------------
+
+
+def _insecure_context(alpn: Sequence[str] | None) -> SSL.Context:
+    context = SSL.Context(SSL.DTLS_METHOD)
+    context.set_min_proto_version(_DTLS1_2_VERSION)
+    context.set_max_proto_version(_DTLS1_2_VERSION)
+    context.set_verify(SSL.VERIFY_NONE)
+    if alpn:
+        try:
+            context.set_alpn_protos([name.encode("ascii") for name in alpn])
+        except (UnicodeEncodeError, SSL.Error, ValueError) as exc:
+            raise ValueError(f"unusable --alpn value: {exc}") from None
+    return context
+
+
+def _connect_command(opts: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    host, port = opts.address
+    server_hostname: str | bool | None = None
+    try:
+        if opts.insecure:
+            context = _insecure_context(opts.alpn)
+            # No certificate check at all; the name is only sent as SNI.
+            server_hostname = host
+            verification = "certificate NOT checked"
+        elif opts.fingerprint is not None:
+            context = client_context(fingerprint=opts.fingerprint, alpn=opts.alpn)
+            # The pin says who the server is; its name does not matter.
+            server_hostname = False
+            verification = "certificate matches the pinned fingerprint"
+        else:
+            context = client_context(cafile=opts.cafile, alpn=opts.alpn)
+            trusted = opts.cafile or "the system's CAs"
+            verification = f"certificate verified for {host} by {trusted}"
+    except (ValueError, TypeError) as exc:
+        _usage_error(parser, str(exc))
+    keylog = _open_keylog(opts, parser)
+    if opts.insecure:
+        _warn(
+            parser.prog,
+            "--insecure: the server's certificate is not checked, so anyone on "
+            "the path can pose as the server",
+        )
+    try:
+        return run_until_interrupted(
+            _connect,
+            parser.prog,
+            host,
+            port,
+            context,
+            server_hostname,
+            verification,
+            keylog,
+            interrupted=EXIT_INTERRUPTED,
+        )
+    finally:
+        if keylog is not None:
+            keylog.close()
+
+
+class _ThreadReader(trio.abc.ReceiveStream):
+    """Reads a file descriptor in a worker thread.
+
+    For what :class:`trio.lowlevel.FdStream` cannot or should not wait on
+    (regular files, terminals) and for Windows. ``os.read`` holds no Python-level lock, so a read left
+    behind by a cancellation cannot wedge the interpreter at exit.
+    """
+
+    def __init__(self, fd: int) -> None:
+        self._fd = fd
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        return await trio.to_thread.run_sync(
+            os.read, self._fd, max_bytes or 65536, abandon_on_cancel=True
+        )
+
+    async def aclose(self) -> None:
+        await trio.lowlevel.checkpoint()
+
+
+def open_stdin() -> trio.abc.ReceiveStream:
+    """An async byte stream of this process's standard input."""
+    if sys.platform != "win32":
+        try:
+            mode = os.fstat(0).st_mode
+        except OSError:
+            mode = 0
+        # Not for terminals: FdStream makes the descriptor non-blocking, and
+        # a terminal usually shares that flag with stdout and stderr, whose
+        # plain writes could then fail with BlockingIOError.
+        if stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode):
+            return trio.lowlevel.FdStream(os.dup(0))
+    return _ThreadReader(0)
+
+
+def _write_stdout(data: bytes) -> bool:
+    """Write and flush; False once stdout is gone (a closed pipe)."""
+    try:
+        sys.stdout.buffer.write(data)
+        sys.stdout.buffer.flush()
+    except BrokenPipeError:
+        # Keep the interpreter from failing again when it flushes at exit.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        return False
+    return True
+
+
+def _split_for_mtu(line: bytes, limit: int) -> list[bytes]:
+    return [line[start : start + limit] for start in range(0, len(line), limit)]
+
+
+class _Session:
+    """One ``connect`` run: the pumps between stdio and the connection."""
+
+    def __init__(self, prog: str, conn: DtlsConnection, peer: str) -> None:
+        self.prog = prog
+        self.conn = conn
+        self.peer = peer
+        self.exit_code = EXIT_OK
+        self._warned_split = False
+
+    async def send_stdin(self, done: trio.CancelScope) -> None:
+        limit = self.conn.get_cleartext_mtu()
+        pending = b""
+        async with open_stdin() as stdin:
+            while True:
+                chunk = await stdin.receive_some(65536)
+                if not chunk:
+                    break
+                pending += chunk
+                *lines, pending = pending.split(b"\n")
+                for line in lines:
+                    if not await self._send(line + b"\n", limit):
+                        done.cancel()
+                        return
+        if pending and not await self._send(pending, limit):
+            done.cancel()
+            return
+        # End of input: say goodbye properly.
+        await self.conn.aclose()
+        done.cancel()
+
+    async def _send(self, message: bytes, limit: int) -> bool:
+        pieces = [message] if len(message) <= limit else _split_for_mtu(message, limit)
+        if len(pieces) > 1 and not self._warned_split:
+            self._warned_split = True
+            _warn(
+                self.prog,
+                f"a line of {len(message)} bytes is longer than one DTLS record "
+                f"can carry here ({limit} bytes); sending it in pieces",
+            )
+        for piece in pieces:
+            try:
+                await self.conn.send(piece)
+            except trio.BrokenResourceError as exc:
+                _fail(self.prog, f"connection to {self.peer} lost: {exc}")
+                self.exit_code = EXIT_FAILURE
+                return False
+        return True
+
+    async def print_replies(self, done: trio.CancelScope) -> None:
+        try:
+            async for message in self.conn:
+                if not _write_stdout(message):
+                    await self.conn.aclose()
+                    break
+            else:
+                print(
+                    f"{self.prog}: {self.peer} closed the connection",
+                    file=sys.stderr,
+                    flush=True,
+                )
+        except trio.ClosedResourceError:
+            return  # we closed it; whoever did will finish up
+        except trio.BrokenResourceError as exc:
+            _fail(self.prog, f"connection to {self.peer} lost: {exc}")
+            self.exit_code = EXIT_FAILURE
+        done.cancel()
+
+
+async def _watch_signals(
+    signals: Any, on_signal: Callable[[], Awaitable[None]]
+) -> None:
+    async for _ in signals:
+        await on_signal()
+        return
+
+
+async def _connect(
+    prog: str,
+    host: str,
+    port: int,
+    context: SSL.Context,
+    server_hostname: str | bool | None,
+    verification: str,
+    keylog: IO[bytes] | None,
+) -> int:
+    peer = format_address(host, port)
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        try:
+            infos = await trio.socket.getaddrinfo(
+                host, port, type=_stdlib_socket.SOCK_DGRAM
+            )
+            family = infos[0][0]
+            sock = trio.socket.socket(family, _stdlib_socket.SOCK_DGRAM)
+        except OSError as exc:
+            _fail(prog, f"cannot reach {peer}: {exc.strerror or exc}")
+            return EXIT_FAILURE
+        try:
+            await sock.bind(
+                ("::" if family == _stdlib_socket.AF_INET6 else "0.0.0.0", 0)
+            )
+        except OSError as exc:
+            sock.close()
+            _fail(prog, f"cannot reach {peer}: {exc.strerror or exc}")
+            return EXIT_FAILURE
+        session: _Session | None = None
+        interrupted = False
+        async with (
+            DtlsEndpoint(sock, keylog=keylog) as endpoint,
+            trio.open_nursery() as nursery,
+        ):
+
+            async def stop() -> None:
+                nonlocal interrupted
+                interrupted = True
+                if session is not None:
+                    await session.conn.aclose()
+                nursery.cancel_scope.cancel()
+
+            nursery.start_soon(_watch_signals, signals, stop)
+            try:
+                conn = await endpoint.connect(
+                    (host, port), context, server_hostname=server_hostname
+                )
+            except HandshakeError as exc:
+                _fail(prog, f"handshake with {peer} failed: {exc.reason}")
+                nursery.cancel_scope.cancel()  # the signal watcher
+                return EXIT_FAILURE
+            except (OSError, ValueError) as exc:
+                _fail(prog, f"cannot connect to {peer}: {exc}")
+                nursery.cancel_scope.cancel()
+                return EXIT_FAILURE
+            session = _Session(prog, conn, peer)
+            alpn = conn.alpn_protocol
+            details = ", ".join(
+                part
+                for part in (
+                    conn.version,
+                    conn.cipher,
+                    verification,
+                    f"ALPN {alpn.decode('ascii', 'replace')}" if alpn else None,
+                )
+                if part
+            )
+            print(
+                f"{prog}: connected to {peer} ({details})", file=sys.stderr, flush=True
+            )
+            nursery.start_soon(session.print_replies, nursery.cancel_scope)
+            nursery.start_soon(session.send_stdin, nursery.cancel_scope)
+    if interrupted:
+        return EXIT_INTERRUPTED
+    assert session is not None
+    return session.exit_code
