@@ -70,7 +70,6 @@ class DtlsConnection(trio.abc.Channel[bytes]):
         self._association: Association = peer.association
         self._inbox = peer.inbox_receive
         self._closed = False
-        self._info: dict[str, Any] | None = None
 
     def __repr__(self) -> str:
         return (
@@ -193,9 +192,7 @@ class DtlsConnection(trio.abc.Channel[bytes]):
     # -- session info ---------------------------------------------------------
 
     def _session(self) -> dict[str, Any]:
-        if self._info is None:
-            self._info = self._association.session_info
-        return self._info
+        return self._association.session_info
 
     def _live_ssl(self) -> SSL.Connection:
         ssl = self._association.ssl
