@@ -136,6 +136,9 @@ class DtlsConnection(trio.abc.Channel[bytes]):
                 )
         datagrams = association.send_message(data)
         await self._endpoint._send_datagrams(datagrams, association.address)
+        # A send is a checkpoint, as every Trio send is, even when the
+        # kernel took the datagram without waiting.
+        await trio.lowlevel.cancel_shielded_checkpoint()
 
     async def receive(self) -> bytes:
         """The next message from the peer.
