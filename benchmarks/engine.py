@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import gc
 import multiprocessing
+import os
 import time
 import traceback
 from collections.abc import Callable
@@ -160,8 +161,14 @@ def _call_and_send(
         conn.send((False, f"{type(exc).__name__}: {exc}\n{traceback.format_exc()}"))
 
 
-def run_isolated(function: Callable[..., _T], *args: Any, timeout: float) -> _T:
-    """Call ``function(*args)`` in a freshly spawned process and return its result.
+def run_isolated(
+    function: Callable[..., _T],
+    *args: Any,
+    timeout: float,
+    cpus: frozenset[int] | None = None,
+) -> _T:
+    """Call ``function(*args)`` in a freshly spawned process (on ``cpus``, if
+    given) and return its result.
 
     Raises:
         TimeoutError: If it takes longer than ``timeout`` seconds.
@@ -175,6 +182,8 @@ def run_isolated(function: Callable[..., _T], *args: Any, timeout: float) -> _T:
     process.start()
     sender.close()
     try:
+        if cpus and process.pid is not None:
+            os.sched_setaffinity(process.pid, cpus)
         if not receiver.poll(timeout):
             raise TimeoutError(f"{function.__name__} took longer than {timeout:g} s")
         try:

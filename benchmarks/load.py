@@ -1,4 +1,12 @@
-"""Load-generator primitives. All of them run in the orchestrator's process.
+"""The load generator: one process, plain sockets, one selector, no Trio.
+
+Every target is driven by the same minimal client, written directly on
+pyOpenSSL ``SSL.Connection`` objects with memory BIOs over non-blocking
+stdlib UDP sockets (plain datagrams for ``raw_udp``). There is no DTLS
+library and no event loop on this side: the load generator is made as cheap
+as it can be, so that the figures measure the servers, not the client. Each
+measurement also reports how busy the server process was meanwhile
+(:class:`CpuUse`): a server that always had work set the pace.
 
 Every phase is bounded in time: when its time is up, whatever was measured so
 far is returned, with counters (timeouts, failures) that say how complete it is.
@@ -8,102 +16,578 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import math
+import os
+import selectors
+import socket
 import time
-from collections.abc import AsyncIterator
+from collections.abc import Callable, Iterator
 
-import trio
 from OpenSSL import SSL
 
 from benchmarks import certs
 from benchmarks.engine import MTU
-from benchmarks.targets import JsonDict, Target, udp_socket
+from benchmarks.targets import CLIENT_SOCKET_BUFFER, set_buffers
 
 Address = tuple[str, int]
 
-# --------------------------------------------------------------- client peers
+# How often the loops look at their timers (reply and handshake timeouts,
+# retransmissions), and the longest they block waiting for a datagram.
+_TICK = 0.05
+# Largest echo a server sends back: a 1,200-byte message plus its DTLS
+# record overhead. Handshake datagrams are read with room for anything.
+_ECHO_DATAGRAM = 4096
+_ANY_DATAGRAM = 65536
+
+
+def client_socket(address: Address, host: str = "127.0.0.1") -> socket.socket:
+    """A non-blocking UDP socket bound to ``host`` and connected to ``address``."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        set_buffers(sock, CLIENT_SOCKET_BUFFER)
+        sock.bind((host, 0))
+        sock.connect(address)
+        sock.setblocking(False)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def _receive(sock: socket.socket, limit: int, size: int) -> list[bytes]:
+    """Up to ``limit`` datagrams that are waiting on ``sock``, without blocking."""
+    datagrams = []
+    for _ in range(limit):
+        try:
+            datagrams.append(sock.recv(size))
+        except BlockingIOError:
+            break
+    return datagrams
+
+
+# ------------------------------------------------------------------ CPU use
+
+
+def cpu_times(pid: int | None) -> tuple[float, float] | None:
+    """Seconds that the main thread of process ``pid`` has spent on a CPU, and
+    runnable but waiting for one; None where the kernel does not tell
+    (``/proc/<pid>/schedstat`` is Linux's, with nanosecond resolution)."""
+    if pid is None:
+        return None
+    try:
+        with open(f"/proc/{pid}/schedstat") as schedstat:
+            on_cpu, waiting = schedstat.read().split()[:2]
+    except (OSError, ValueError):
+        return None
+    return int(on_cpu) / 1e9, int(waiting) / 1e9
+
+
+@dataclasses.dataclass
+class CpuUse:
+    """Where the time of a measurement went, as fractions of its wall time.
+
+    A server that was on a CPU (``server``) or ready to run but kept off one
+    by other processes (``server_wait``, the noise of a shared machine) for
+    nearly all the time always had work: it, not the load generator, was
+    the bottleneck. Both servers and the load generator are single-threaded.
+    """
+
+    server: float | None = None
+    server_wait: float | None = None
+    load: float | None = None
+    load_wait: float | None = None
+
+
+class CpuMeter:
+    """Measures :class:`CpuUse` of a server process and of this load generator
+    between :meth:`start` and :meth:`stop`."""
+
+    def __init__(self, server_pid: int | None) -> None:
+        self._pids = (server_pid, os.getpid())
+        self.use = CpuUse()
+        self.start()
+
+    def start(self) -> None:
+        self._wall = time.perf_counter()
+        self._before = [cpu_times(pid) for pid in self._pids]
+
+    def stop(self) -> None:
+        wall = time.perf_counter() - self._wall
+        after = [cpu_times(pid) for pid in self._pids]
+        fractions: list[float | None] = []
+        for first, last in zip(self._before, after, strict=True):
+            if first is None or last is None or wall <= 0:
+                fractions += [None, None]
+            else:
+                fractions += [(last[0] - first[0]) / wall, (last[1] - first[1]) / wall]
+        self.use = CpuUse(*fractions)
+
+
+# ----------------------------------------------------------------- sampling
+
+
+class Sampler:
+    """A warm-up, then ``samples`` consecutive rates of a growing count.
+
+    Call :meth:`update` as often as possible with the count so far and whether
+    the run is warm; it returns True once every sample is taken. The warm-up
+    ends when the run says it is warm, or after ``max_warmup`` seconds. A
+    sample spans at least half the warm-up: with thousands of messages in
+    flight the traffic moves in waves about as long as the warm-up, and a
+    shorter sample would catch a crest or a trough. ``cpu`` measures the
+    sampling time, warm-up excluded.
+    """
+
+    def __init__(
+        self,
+        samples: int,
+        sample_seconds: float,
+        max_warmup: float,
+        cpu: CpuMeter,
+    ) -> None:
+        self.samples = samples
+        self.sample_seconds = sample_seconds
+        self.max_warmup = max_warmup
+        self.cpu = cpu
+        self.rates: list[float] = []
+        self.warmup_seconds = 0.0
+        self.now = self._started = time.perf_counter()
+        self._sample_start: float | None = None
+        self._sample_count = 0
+
+    def update(self, count: int, warm: bool) -> bool:
+        now = self.now = time.perf_counter()
+        if self._sample_start is None:
+            if warm or now - self._started >= self.max_warmup:
+                self.warmup_seconds = now - self._started
+                self.sample_seconds = max(self.sample_seconds, self.warmup_seconds / 2)
+                self._sample_start, self._sample_count = now, count
+                self.cpu.start()
+            return False
+        elapsed = now - self._sample_start
+        if elapsed < self.sample_seconds:
+            return False
+        self.rates.append((count - self._sample_count) / elapsed)
+        self._sample_start, self._sample_count = now, count
+        if len(self.rates) < self.samples:
+            return False
+        self.cpu.stop()
+        return True
+
+
+# -------------------------------------------------------------------- peers
+
+
+class UdpPeer:
+    """One client peer on its own connected socket, sending plain datagrams."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.outstanding = 0  # messages sent and not answered yet
+        self.answered = False  # has had a reply in this run
+        self.heard_at = 0.0  # time.perf_counter() of the last reply or (re)start
+
+    def send(self, message: bytes) -> None:
+        self.sock.send(message)
+
+    def receive(self, limit: int) -> list[bytes]:
+        """The messages in up to ``limit`` datagrams waiting on the socket."""
+        return _receive(self.sock, limit, _ECHO_DATAGRAM)
+
+    def discard_waiting(self) -> None:
+        while self.receive(64):
+            pass
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+class DtlsPeer(UdpPeer):
+    """A :class:`UdpPeer` whose messages go through an established DTLS client.
+
+    One message is one record is one datagram, both ways (both DTLS servers
+    answer that way), so a datagram is decrypted with a single ``recv``.
+    """
+
+    def __init__(self, sock: socket.socket, conn: SSL.Connection) -> None:
+        super().__init__(sock)
+        self.conn = conn
+
+    def send(self, message: bytes) -> None:
+        conn = self.conn
+        conn.send(message)
+        self.sock.send(conn.bio_read(_ECHO_DATAGRAM))
+
+    def receive(self, limit: int) -> list[bytes]:
+        conn = self.conn
+        messages = []
+        for datagram in _receive(self.sock, limit, _ECHO_DATAGRAM):
+            conn.bio_write(datagram)
+            try:
+                messages.append(conn.recv(_ECHO_DATAGRAM))
+            except SSL.WantReadError:  # not application data: a stray handshake record
+                pass
+        return messages
+
+
+# --------------------------------------------------------------- handshakes
+
+
+class ClientHandshake:
+    """One DTLS 1.2 client handshake on its own socket, driven by hand.
+
+    OpenSSL answers the HelloVerifyRequest itself and keeps the retransmission
+    timer (1 s, doubling), which :meth:`retransmit` applies: a lost datagram
+    costs time, not the run.
+    """
+
+    def __init__(self, sock: socket.socket, ctx: SSL.Context) -> None:
+        self.sock = sock
+        self.conn = SSL.Connection(ctx, None)
+        self.conn.set_connect_state()
+        self.conn.set_ciphertext_mtu(MTU)
+        self.started = time.perf_counter()
+        # time.monotonic() when this client last sent a datagram: the server
+        # cannot have heard from it any later.
+        self.last_sent_at = 0.0
+        self.done = self._advance()
+
+    def _advance(self) -> bool:
+        try:
+            self.conn.do_handshake()
+            done = True
+        except SSL.WantReadError:
+            done = False
+        self._flush()
+        return done
+
+    def _flush(self) -> None:
+        while True:
+            try:
+                datagram = self.conn.bio_read(_ANY_DATAGRAM)
+            except SSL.WantReadError:
+                return
+            self.sock.send(datagram)
+            self.last_sent_at = time.monotonic()
+
+    def receive(self) -> bool:
+        """Feed what the server sent and carry on; True once established."""
+        for datagram in _receive(self.sock, 16, _ANY_DATAGRAM):
+            self.conn.bio_write(datagram)
+            self.done = self._advance()
+            if self.done:
+                break
+        return self.done
+
+    def retransmit(self) -> None:
+        """Resend the last flight if OpenSSL's timer has run out."""
+        if self.conn.DTLSv1_handle_timeout():
+            self._flush()
+
+    def peer(self) -> DtlsPeer:
+        return DtlsPeer(self.sock, self.conn)
+
+
+class HandshakePool:
+    """Up to ``concurrency`` client handshakes at once, one socket each, all
+    waited on by one selector.
+
+    An attempt that has not finished within ``attempt_timeout`` seconds, or
+    that fails, is closed and counted in ``failed``.
+    """
+
+    def __init__(
+        self, address: Address, concurrency: int, *, attempt_timeout: float = 5.0
+    ) -> None:
+        self.address = address
+        self.concurrency = concurrency
+        self.attempt_timeout = attempt_timeout
+        self.ctx = certs.client_context()
+        self.selector = selectors.DefaultSelector()
+        self.running: set[ClientHandshake] = set()
+        self.started = self.completed = self.failed = 0
+        self.errors: list[str] = []
+        self._next_check = time.perf_counter() + _TICK
+
+    def __enter__(self) -> HandshakePool:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        for handshake in self.running:
+            handshake.sock.close()
+        self.running.clear()
+        self.selector.close()
+
+    def fill(self, limit: float = float("inf")) -> None:
+        """Start handshakes until ``concurrency`` run or ``limit`` have started."""
+        while len(self.running) < self.concurrency and self.started < limit:
+            self.started += 1
+            handshake = ClientHandshake(client_socket(self.address), self.ctx)
+            self.running.add(handshake)
+            self.selector.register(handshake.sock, selectors.EVENT_READ, handshake)
+
+    def poll(self, timeout: float) -> list[ClientHandshake]:
+        """Wait up to ``timeout`` s for datagrams and move the handshakes on.
+
+        Returns the handshakes that completed; the caller owns them (and
+        their sockets) from then on.
+        """
+        completed = []
+        for key, _ in self.selector.select(timeout):
+            handshake: ClientHandshake = key.data
+            try:
+                if handshake.receive():
+                    self._remove(handshake)
+                    self.completed += 1
+                    completed.append(handshake)
+            except (SSL.Error, OSError) as exc:
+                self._fail(handshake, exc)
+        now = time.perf_counter()
+        if now >= self._next_check:
+            self._next_check = now + _TICK
+            for handshake in list(self.running):
+                try:
+                    if now - handshake.started > self.attempt_timeout:
+                        raise TimeoutError("handshake timed out")
+                    handshake.retransmit()
+                except (SSL.Error, OSError) as exc:
+                    self._fail(handshake, exc)
+        return completed
+
+    def _remove(self, handshake: ClientHandshake) -> None:
+        self.running.discard(handshake)
+        self.selector.unregister(handshake.sock)
+
+    def _fail(self, handshake: ClientHandshake, exc: Exception) -> None:
+        self._remove(handshake)
+        handshake.sock.close()
+        self.failed += 1
+        if len(self.errors) < 5:
+            self.errors.append(f"{type(exc).__name__}: {exc}")
+
+
+@dataclasses.dataclass
+class Established:
+    """Peers whose handshake :func:`establish` completed, still open."""
+
+    handshakes: list[ClientHandshake]
+    failures: int
+    errors: list[str]
+    seconds: float
+
+
+def establish(
+    address: Address,
+    count: int,
+    *,
+    concurrency: int,
+    start_within: float,
+    attempt_timeout: float,
+) -> Established:
+    """Handshake ``count`` peers, ``concurrency`` at a time.
+
+    No handshake starts after ``start_within`` seconds, but those under way
+    may finish (so that no half-open peer is left behind on the server).
+    """
+    start = time.perf_counter()
+    established: list[ClientHandshake] = []
+    with HandshakePool(address, concurrency, attempt_timeout=attempt_timeout) as pool:
+        try:
+            while True:
+                if time.perf_counter() - start < start_within:
+                    pool.fill(limit=count)
+                if not pool.running:
+                    break
+                established += pool.poll(_TICK)
+        except BaseException:
+            for handshake in established:
+                handshake.sock.close()
+            raise
+    return Established(
+        handshakes=established,
+        failures=pool.failed,
+        errors=pool.errors,
+        seconds=time.perf_counter() - start,
+    )
+
+
+@dataclasses.dataclass
+class HandshakeResult:
+    """Handshakes per second in consecutive sampling windows of one run."""
+
+    rates: list[float]
+    completed: int = 0
+    failed: int = 0
+    warmup_seconds: float = 0.0
+    errors: list[str] = dataclasses.field(default_factory=list)
+    cpu: CpuUse = dataclasses.field(default_factory=CpuUse)
+
+
+def handshake_run(
+    address: Address,
+    concurrency: int,
+    *,
+    samples: int,
+    sample_seconds: float,
+    server_pid: int | None,
+    max_warmup: float = 5.0,
+    attempt_timeout: float = 5.0,
+) -> HandshakeResult:
+    """``concurrency`` handshakes at all times, each a fresh peer.
+
+    Every peer gets its own socket and is abandoned (socket closed, nothing
+    sent) as soon as its handshake completes. The run warms up until as many
+    handshakes as the concurrency have ended (with 50 at once the first round
+    alone takes a while), then takes ``samples`` consecutive rate samples.
+    """
+    sampler = Sampler(samples, sample_seconds, max_warmup, CpuMeter(server_pid))
+    with HandshakePool(address, concurrency, attempt_timeout=attempt_timeout) as pool:
+        pool.fill()
+        while not sampler.update(
+            pool.completed, pool.completed + pool.failed >= concurrency
+        ):
+            for handshake in pool.poll(_TICK):
+                handshake.sock.close()
+            pool.fill()
+    return HandshakeResult(
+        rates=sampler.rates,
+        completed=pool.completed,
+        failed=pool.failed,
+        warmup_seconds=sampler.warmup_seconds,
+        errors=pool.errors,
+        cpu=sampler.cpu.use,
+    )
+
+
+# ------------------------------------------------- message windows (echo, flood)
+
+
+@dataclasses.dataclass
+class _Traffic:
+    sent: int = 0
+    counted: int = 0  # replies that ``on_reply`` counted
+    timeouts: int = 0
+
+
+def _keep_in_flight(
+    peers: list[UdpPeer],
+    message: bytes,
+    window: int,
+    *,
+    sampler: Sampler,
+    reply_timeout: float,
+    on_reply: Callable[[bytes], bool],
+) -> _Traffic:
+    """Every peer keeps ``window`` copies of ``message`` in flight until the
+    sampler has its samples, sending a new one for each reply.
+
+    The sampler counts the replies ``on_reply`` returns True for, and is warm
+    once every peer has had a reply: the first windows have all been sent,
+    and from then on every reply is followed by one new message. A peer that
+    has heard nothing for ``reply_timeout`` seconds counts its window as lost
+    and sends a fresh one. Afterwards the outstanding replies are drained so
+    that they cannot leak into the next run.
+    """
+    traffic = _Traffic()
+    unanswered = len(peers)
+
+    def top_up(peer: UdpPeer) -> None:
+        while peer.outstanding < window:
+            peer.send(message)
+            peer.outstanding += 1
+            traffic.sent += 1
+
+    with selectors.DefaultSelector() as selector:
+        now = time.perf_counter()
+        for peer in peers:
+            peer.discard_waiting()  # anything left over from an earlier run
+            peer.outstanding, peer.answered, peer.heard_at = 0, False, now
+            selector.register(peer.sock, selectors.EVENT_READ, peer)
+        for peer in peers:
+            top_up(peer)
+        next_check = now + _TICK
+        while not sampler.update(traffic.counted, unanswered == 0):
+            now = sampler.now
+            for key, _ in selector.select(_TICK):
+                peer = key.data
+                # Never more than are due, so that a ping-pong needs no
+                # second recv() to find the socket empty; at least one, so
+                # that a late reply cannot leave the socket readable forever.
+                replies = peer.receive(max(peer.outstanding, 1))
+                if not replies:
+                    continue
+                peer.heard_at = now
+                peer.outstanding = max(peer.outstanding - len(replies), 0)
+                for reply in replies:
+                    if on_reply(reply):
+                        traffic.counted += 1
+                if not peer.answered:
+                    peer.answered = True
+                    unanswered -= 1
+                top_up(peer)
+            if now >= next_check:
+                next_check = now + _TICK
+                for peer in peers:
+                    if peer.outstanding and now - peer.heard_at > reply_timeout:
+                        traffic.timeouts += 1
+                        peer.outstanding, peer.heard_at = 0, now
+                        top_up(peer)
+        drain_until = time.perf_counter() + reply_timeout
+        while time.perf_counter() < drain_until and any(p.outstanding for p in peers):
+            for key, _ in selector.select(_TICK):
+                peer = key.data
+                replies = peer.receive(max(peer.outstanding, 1))
+                peer.outstanding = max(peer.outstanding - len(replies), 0)
+    return traffic
+
+
+# ----------------------------------------------------------------------- echo
 
 
 @dataclasses.dataclass
 class PeerSet:
     """Client peers held open by :func:`open_peers`."""
 
-    channels: list[trio.abc.Channel[bytes]]
-    failures: list[str]
+    peers: list[UdpPeer]
+    failures: int
+    errors: list[str]  # the first few failures' reasons
     connect_seconds: float
 
 
-@contextlib.asynccontextmanager
-async def open_peers(
-    target: Target,
+@contextlib.contextmanager
+def open_peers(
     address: Address,
-    client_info: JsonDict,
     count: int,
     *,
+    secure: bool,
     concurrency: int = 20,
     connect_within: float = 20.0,
-) -> AsyncIterator[PeerSet]:
-    """Connect ``count`` peers with the target's own client, keep them open.
+) -> Iterator[PeerSet]:
+    """``count`` echo peers, DTLS ones if ``secure``, kept open until the exit.
 
-    Each peer lives in its own task, because a client's context manager may
-    hold a nursery and must be entered and left by the same task. Peers that
-    have not connected within ``connect_within`` seconds are given up on; the
-    others are used.
+    Peers whose handshake has not started within ``connect_within`` seconds
+    are given up on; the others are used.
     """
-    peers = PeerSet(channels=[], failures=[], connect_seconds=0.0)
-    limiter = trio.Semaphore(concurrency)
-    settled = trio.Event()
-    release = trio.Event()
-    pending = count
-    deadline = trio.current_time() + connect_within
-
-    async def hold() -> None:
-        counted = False
-
-        def settle(failure: str | None = None) -> None:
-            nonlocal pending, counted
-            if failure is not None:
-                peers.failures.append(failure)
-            if not counted:
-                counted = True
-                pending -= 1
-                if pending == 0:
-                    settled.set()
-
-        await limiter.acquire()
-        holding_slot = True
-        try:
-            with trio.CancelScope(deadline=deadline) as scope:
-                async with target.connect(address, client_info) as channel:
-                    limiter.release()
-                    holding_slot = False
-                    scope.deadline = math.inf
-                    peers.channels.append(channel)
-                    settle()
-                    await release.wait()
-            if scope.cancelled_caught:
-                settle("connect timed out")
-        except Exception as exc:
-            settle(f"{type(exc).__name__}: {exc}")
-        finally:
-            if holding_slot:
-                limiter.release()
-
     start = time.perf_counter()
-    async with trio.open_nursery() as nursery:
-        for _ in range(count):
-            nursery.start_soon(hold)
-        with trio.move_on_at(deadline + 1.0):
-            await settled.wait()
-        peers.connect_seconds = time.perf_counter() - start
-        try:
-            yield peers
-        finally:
-            release.set()
-            nursery.cancel_scope.deadline = trio.current_time() + 5.0
-
-
-# ----------------------------------------------------------------------- echo
+    failures, errors = 0, []
+    peers: list[UdpPeer] = []
+    try:
+        if secure:
+            got = establish(
+                address,
+                count,
+                concurrency=concurrency,
+                start_within=connect_within,
+                attempt_timeout=connect_within,
+            )
+            peers = [handshake.peer() for handshake in got.handshakes]
+            failures, errors = got.failures, got.errors
+        else:
+            for _ in range(count):
+                peers.append(UdpPeer(client_socket(address)))
+        yield PeerSet(peers, failures, errors, time.perf_counter() - start)
+    finally:
+        for peer in peers:
+            peer.close()
 
 
 @dataclasses.dataclass
@@ -116,275 +600,94 @@ class EchoResult:
     timeouts: int = 0
     warmup_seconds: float = 0.0
     sample_seconds: float = 0.0
+    cpu: CpuUse = dataclasses.field(default_factory=CpuUse)
 
 
-async def echo_run(
-    channels: list[trio.abc.Channel[bytes]],
+def echo_run(
+    peers: list[UdpPeer],
     size: int,
     window: int,
     *,
     samples: int,
     sample_seconds: float,
+    server_pid: int | None,
     max_warmup: float = 5.0,
     reply_timeout: float | None = None,
 ) -> EchoResult:
-    """Every channel keeps ``window`` messages of ``size`` bytes in flight.
+    """Every peer keeps ``window`` messages of ``size`` bytes in flight.
 
-    The run warms up until every peer has had a reply, which means the first
-    windows have all been sent and from then on every reply is followed by one
-    new message (steady state), then takes ``samples`` consecutive rate
-    samples of ``sample_seconds`` each. A reply that does not come within
-    ``reply_timeout`` (by default scaled with the number of messages in
-    flight, whose queueing it must outlast) counts the window as lost and a
-    fresh one is sent. Afterwards the outstanding replies are drained so that
-    they cannot leak into the next run.
+    The run warms up until every peer has had a reply, then takes ``samples``
+    consecutive rate samples of at least ``sample_seconds`` each. A reply
+    that does not come within ``reply_timeout`` (by default scaled with the
+    number of messages in flight, whose queueing it must outlast) counts the
+    window as lost and a fresh one is sent.
     """
     if reply_timeout is None:
-        reply_timeout = 0.5 + 0.001 * len(channels) * window
-    payload = b"\xa5" * size
-    result = EchoResult(rates=[])
-    warm = trio.Event()
-    stopping = False
-    waiting_for_first_reply = len(channels)
-
-    async def drive(channel: trio.abc.Channel[bytes]) -> None:
-        nonlocal waiting_for_first_reply
-        outstanding = 0
-        first = True
-        while not stopping:
-            while outstanding < window:
-                await channel.send(payload)
-                outstanding += 1
-                result.sent += 1
-            with trio.move_on_after(reply_timeout) as scope:
-                reply = await channel.receive()
-            if scope.cancelled_caught:
-                result.timeouts += 1
-                outstanding = 0
-                continue
-            outstanding = max(outstanding - 1, 0)
-            if len(reply) == size:
-                result.round_trips += 1
-                if first:
-                    first = False
-                    waiting_for_first_reply -= 1
-                    if waiting_for_first_reply == 0:
-                        warm.set()
-        while outstanding > 0:  # drain
-            with trio.move_on_after(reply_timeout) as scope:
-                await channel.receive()
-            if scope.cancelled_caught:
-                break
-            outstanding -= 1
-
-    bound = (
-        max_warmup + samples * max(sample_seconds, max_warmup / 2) + reply_timeout + 2.0
+        reply_timeout = 0.5 + 0.001 * len(peers) * window
+    sampler = Sampler(samples, sample_seconds, max_warmup, CpuMeter(server_pid))
+    traffic = _keep_in_flight(
+        peers,
+        b"\xa5" * size,
+        window,
+        sampler=sampler,
+        reply_timeout=reply_timeout,
+        on_reply=lambda reply: len(reply) == size,
     )
-    with trio.move_on_after(bound):
-        async with trio.open_nursery() as nursery:
-            for channel in channels:
-                nursery.start_soon(drive, channel)
-            start = time.perf_counter()
-            with trio.move_on_after(max_warmup):
-                await warm.wait()
-            result.warmup_seconds = time.perf_counter() - start
-            # With thousands of messages in flight the traffic moves in waves
-            # about as long as the warm-up; a sample must span a good part of
-            # one, or it catches a crest or a trough.
-            result.sample_seconds = max(sample_seconds, result.warmup_seconds / 2)
-            for _ in range(samples):
-                before, start = result.round_trips, time.perf_counter()
-                await trio.sleep(result.sample_seconds)
-                elapsed = time.perf_counter() - start
-                result.rates.append((result.round_trips - before) / elapsed)
-            stopping = True
-    return result
+    return EchoResult(
+        rates=sampler.rates,
+        round_trips=traffic.counted,
+        sent=traffic.sent,
+        timeouts=traffic.timeouts,
+        warmup_seconds=sampler.warmup_seconds,
+        sample_seconds=sampler.sample_seconds,
+        cpu=sampler.cpu.use,
+    )
 
 
-# ----------------------------------------------------------------- handshakes
-
-
-@dataclasses.dataclass
-class HandshakeResult:
-    """Handshakes per second in consecutive sampling windows of one run."""
-
-    rates: list[float]
-    completed: int = 0
-    failed: int = 0
-    warmup_seconds: float = 0.0
-    errors: list[str] = dataclasses.field(default_factory=list)
-
-
-async def handshake_run(
-    target: Target,
-    address: Address,
-    client_info: JsonDict,
-    concurrency: int,
-    *,
-    samples: int,
-    sample_seconds: float,
-    max_warmup: float = 5.0,
-    attempt_timeout: float = 5.0,
-) -> HandshakeResult:
-    """``concurrency`` workers, each connecting fresh peers one after another.
-
-    Every peer gets its own socket and client, and is closed right after its
-    handshake. The run warms up until every worker has finished one handshake
-    (with 50 workers the first round alone takes a while), then takes
-    ``samples`` consecutive rate samples; the attempts still running at the
-    end are cancelled.
-    """
-    result = HandshakeResult(rates=[])
-    warm = trio.Event()
-    waiting_for_first = concurrency
-
-    async def worker() -> None:
-        nonlocal waiting_for_first
-        first = True
-        while True:
-            with trio.move_on_after(attempt_timeout) as scope:
-                try:
-                    async with target.connect(address, client_info):
-                        result.completed += 1
-                except Exception as exc:
-                    result.failed += 1
-                    if len(result.errors) < 5:
-                        result.errors.append(f"{type(exc).__name__}: {exc}")
-            if scope.cancelled_caught:
-                result.failed += 1
-            if first:
-                first = False
-                waiting_for_first -= 1
-                if waiting_for_first == 0:
-                    warm.set()
-
-    async with trio.open_nursery() as nursery:
-        for _ in range(concurrency):
-            nursery.start_soon(worker)
-        start = time.perf_counter()
-        with trio.move_on_after(max_warmup):
-            await warm.wait()
-        result.warmup_seconds = time.perf_counter() - start
-        for _ in range(samples):
-            before, start = result.completed, time.perf_counter()
-            await trio.sleep(sample_seconds)
-            result.rates.append(
-                (result.completed - before) / (time.perf_counter() - start)
-            )
-        nursery.cancel_scope.cancel()
-    return result
-
-
-# ------------------------------------------------ idle peers over memory BIOs
+# ------------------------------------------------------------ idle peers
 
 
 @dataclasses.dataclass
 class IdlePeers:
     """Peers established by :func:`idle_peers`, one socket each, kept silent."""
 
-    sockets: list[trio.socket.SocketType]
+    sockets: list[socket.socket]
     # time.monotonic() when each established peer last sent anything
     last_sent_at: list[float]
     failures: int
     seconds: float
 
 
-def _handshake_step(conn: SSL.Connection) -> bool:
-    try:
-        conn.do_handshake()
-    except SSL.WantReadError:
-        return False
-    return True
-
-
-async def _flush(conn: SSL.Connection, sock: trio.socket.SocketType) -> bool:
-    sent = False
-    while True:
-        try:
-            data = conn.bio_read(65536)
-        except SSL.WantReadError:
-            return sent
-        await sock.send(data)
-        sent = True
-
-
-async def bio_handshake(sock: trio.socket.SocketType, ctx: SSL.Context) -> float:
-    """A minimal DTLS 1.2 client handshake on a connected socket.
-
-    OpenSSL itself answers the HelloVerifyRequest and runs the retransmission
-    timer; the connection is thrown away afterwards, so the peer stays
-    established on the server but never sends another byte.
-
-    Returns:
-        ``time.monotonic()`` when the client last sent a datagram: the
-        server cannot have heard from this peer any later.
-    """
-    conn = SSL.Connection(ctx, None)
-    conn.set_connect_state()
-    conn.set_ciphertext_mtu(MTU)
-    last_sent = time.monotonic()
-    while True:
-        done = _handshake_step(conn)
-        if await _flush(conn, sock):
-            last_sent = time.monotonic()
-        if done:
-            return last_sent
-        wait = conn.DTLSv1_get_timeout()
-        with trio.move_on_after(1.0 if wait is None else wait):
-            conn.bio_write(await sock.recv(65536))
-            continue
-        conn.DTLSv1_handle_timeout()
-
-
-@contextlib.asynccontextmanager
-async def idle_peers(
+@contextlib.contextmanager
+def idle_peers(
     address: Address,
     count: int,
     *,
     concurrency: int = 32,
     start_within: float = 60.0,
     handshake_timeout: float = 10.0,
-) -> AsyncIterator[IdlePeers]:
-    """Establish ``count`` DTLS peers with a lightweight client, keep them idle.
+) -> Iterator[IdlePeers]:
+    """Establish ``count`` DTLS peers and keep them idle.
 
-    The same client is used for every target, so the servers see the same
-    traffic. Holding thousands of peers with each library's own client would
-    cost the load generator more than the server. No new handshake starts
-    after ``start_within`` seconds, but the ones under way may finish (so that no
-    half-open peer is left behind on the server); the peers established by
-    then are the result. Sockets stay open until the context exits.
+    Each peer's client is thrown away after its handshake, so the peer stays
+    established on the server but never sends another byte. No new handshake
+    starts after ``start_within`` seconds; the peers established by then are
+    the result. Sockets stay open until the context exits.
     """
-    ctx = certs.client_context()
-    peers = IdlePeers(sockets=[], last_sent_at=[], failures=0, seconds=0.0)
-    limiter = trio.Semaphore(concurrency)
-    stop_starting_at = trio.current_time() + start_within
-
-    async def one() -> None:
-        async with limiter:
-            if trio.current_time() >= stop_starting_at:
-                return
-            sock = await udp_socket()
-            try:
-                await sock.connect(address)
-                with trio.fail_after(handshake_timeout):
-                    last_sent = await bio_handshake(sock, ctx)
-            except Exception:
-                sock.close()
-                peers.failures += 1
-                return
-            except BaseException:
-                sock.close()
-                raise
-            peers.sockets.append(sock)
-            peers.last_sent_at.append(last_sent)
-
-    start = time.perf_counter()
+    got = establish(
+        address,
+        count,
+        concurrency=concurrency,
+        start_within=start_within,
+        attempt_timeout=handshake_timeout,
+    )
+    peers = IdlePeers(
+        sockets=[handshake.sock for handshake in got.handshakes],
+        last_sent_at=[handshake.last_sent_at for handshake in got.handshakes],
+        failures=got.failures,
+        seconds=got.seconds,
+    )
     try:
-        with trio.move_on_after(start_within + handshake_timeout + 1.0):
-            async with trio.open_nursery() as nursery:
-                for _ in range(count):
-                    nursery.start_soon(one)
-        peers.seconds = time.perf_counter() - start
         yield peers
     finally:
         for sock in peers.sockets:
@@ -403,7 +706,7 @@ def client_hello() -> bytes:
         conn.do_handshake()
     except SSL.WantReadError:
         pass
-    return conn.bio_read(65536)
+    return conn.bio_read(_ANY_DATAGRAM)
 
 
 def is_hello_verify_request(datagram: bytes) -> bool:
@@ -413,17 +716,16 @@ def is_hello_verify_request(datagram: bytes) -> bool:
 
 @dataclasses.dataclass
 class FloodResult:
+    rate: float = 0.0  # answers per second, once every source has had one
     sent: int = 0
     responses: int = 0
     hello_verify_requests: int = 0
     bytes_sent: int = 0
     bytes_received: int = 0
     timeouts: int = 0
+    warmup_seconds: float = 0.0
     seconds: float = 0.0
-
-    @property
-    def rate(self) -> float:
-        return self.responses / self.seconds if self.seconds > 0 else 0.0
+    cpu: CpuUse = dataclasses.field(default_factory=CpuUse)
 
     @property
     def amplification(self) -> float:
@@ -433,51 +735,54 @@ class FloodResult:
         return (self.bytes_received / self.responses) / (self.bytes_sent / self.sent)
 
 
-async def flood(
+def flood(
     address: Address,
     datagram: bytes,
     *,
     sources: int,
     window: int,
     duration: float,
+    server_pid: int | None,
     reply_timeout: float = 0.1,
+    max_warmup: float = 2.0,
 ) -> FloodResult:
     """Send ``datagram`` from ``sources`` sockets on 127.0.0.2, 127.0.0.3, ...
 
     Each source keeps ``window`` datagrams in flight and sends a new one per
     answer, so the figure is the server's answering rate, not how fast the
-    kernel drops packets.
+    kernel drops packets. The rate is taken over ``duration`` seconds once
+    every source has had an answer.
     """
     result = FloodResult()
-    stop_at = trio.current_time() + duration
 
-    async def source(index: int) -> None:
-        sock = await udp_socket(f"127.0.0.{2 + index % 250}")
-        with sock:
-            await sock.connect(address)
-            outstanding = 0
-            while True:
-                while outstanding < window:
-                    await sock.send(datagram)
-                    outstanding += 1
-                    result.sent += 1
-                    result.bytes_sent += len(datagram)
-                with trio.move_on_after(reply_timeout) as scope:
-                    reply = await sock.recv(65536)
-                if scope.cancelled_caught:
-                    result.timeouts += 1
-                    outstanding = 0
-                    continue
-                outstanding = max(outstanding - 1, 0)
-                result.responses += 1
-                result.bytes_received += len(reply)
-                if is_hello_verify_request(reply):
-                    result.hello_verify_requests += 1
+    def on_reply(reply: bytes) -> bool:
+        result.bytes_received += len(reply)
+        if is_hello_verify_request(reply):
+            result.hello_verify_requests += 1
+        return True
 
-    start = time.perf_counter()
-    with trio.move_on_at(stop_at):
-        async with trio.open_nursery() as nursery:
-            for index in range(sources):
-                nursery.start_soon(source, index)
-    result.seconds = time.perf_counter() - start
+    sampler = Sampler(1, duration, max_warmup, CpuMeter(server_pid))
+    peers: list[UdpPeer] = []
+    try:
+        for index in range(sources):
+            peers.append(UdpPeer(client_socket(address, f"127.0.0.{2 + index % 250}")))
+        traffic = _keep_in_flight(
+            peers,
+            datagram,
+            window,
+            sampler=sampler,
+            reply_timeout=reply_timeout,
+            on_reply=on_reply,
+        )
+    finally:
+        for peer in peers:
+            peer.close()
+    result.rate = sampler.rates[0] if sampler.rates else 0.0
+    result.sent = traffic.sent
+    result.responses = traffic.counted
+    result.bytes_sent = traffic.sent * len(datagram)
+    result.timeouts = traffic.timeouts
+    result.warmup_seconds = sampler.warmup_seconds
+    result.seconds = sampler.sample_seconds
+    result.cpu = sampler.cpu.use
     return result

@@ -29,6 +29,14 @@ class Row:
     refs: dict[str, tuple[str, str]] = dataclasses.field(default_factory=dict)
     raw: list[Any] = dataclasses.field(default_factory=list)
     ratios: dict[str, float] = dataclasses.field(default_factory=dict)
+    # While the samples were taken, as fractions of the time: the server
+    # process on a CPU, the server ready to run but kept off the CPU by other
+    # processes, and the load generator on a CPU. If the first two add up to
+    # about 1, the server always had work: it was the bottleneck. If not, it
+    # waited for the load generator (or, in a ping-pong, for the round trip).
+    server_cpu: float | None = None
+    server_wait: float | None = None
+    load_cpu: float | None = None
 
     @property
     def median(self) -> float | None:
@@ -71,7 +79,12 @@ class Report:
     def print_table(self, out: TextIO = sys.stdout) -> None:
         self.compute_ratios()
         headers = ["case", "target", "median", "min", "max", "unit"]
-        headers += [f"/{c}" for c in RATIO_COLUMNS] + ["note"]
+        headers += [f"/{c}" for c in RATIO_COLUMNS] + [
+            "server cpu",
+            "server wait",
+            "load cpu",
+            "note",
+        ]
         for scenario in sorted({row.scenario for row in self.rows}):
             rows = [r for r in self.rows if r.scenario == scenario]
             table = [headers] + [_cells(r) for r in rows]
@@ -119,6 +132,10 @@ def _cells(row: Row) -> list[str]:
     low = min(samples) if row.samples else None
     high = max(samples) if row.samples else None
     ratios = [f"{row.ratios[c]:.3g}" if c in row.ratios else "" for c in RATIO_COLUMNS]
+    cpu = [
+        "" if value is None else f"{value:.0%}"
+        for value in (row.server_cpu, row.server_wait, row.load_cpu)
+    ]
     median = fmt(row.median) if row.samples else ("" if row.note else "-")
     return [
         row.case,
@@ -128,5 +145,6 @@ def _cells(row: Row) -> list[str]:
         fmt(high) if row.samples else "",
         row.unit,
         *ratios,
+        *cpu,
         row.note,
     ]

@@ -13,10 +13,9 @@ import platform
 import sys
 import time
 
-import trio
-
 from benchmarks import scenarios
 from benchmarks.scenarios import Bench, Settings, log
+from benchmarks.server import split_cpus
 
 
 def _raise_fd_limit() -> None:
@@ -35,6 +34,7 @@ def _raise_fd_limit() -> None:
 def _versions() -> dict[str, str]:
     import cryptography
     import OpenSSL
+    import trio
     from OpenSSL import SSL
 
     versions = {
@@ -69,18 +69,28 @@ def main(argv: list[str] | None = None) -> int:
 
     _raise_fd_limit()
     settings = Settings.for_mode(args.quick)
-    bench = Bench(settings)
+    server_cpus = split_cpus()
+    bench = Bench(settings, server_cpus)
     started = time.perf_counter()
     started_at = datetime.datetime.now(datetime.timezone.utc).isoformat()
     log(f"{'quick' if settings.quick else 'full'} run, {os.cpu_count()} CPUs")
+    if server_cpus is None:
+        log("servers and load generator share the CPUs (could not pin them)")
+    else:
+        log(
+            f"load generator on CPU {sorted(os.sched_getaffinity(0))}, "
+            f"servers on CPU {sorted(server_cpus)}"
+        )
 
-    scenarios.engine_baseline(bench)
+    scenarios.engine_speed(bench, "before the servers")
     servers = scenarios.start_servers(bench, bench.available())
     try:
-        trio.run(scenarios.shared_server_scenarios, bench, servers)
+        scenarios.shared_server_scenarios(bench, servers)
     finally:
         for server in servers.values():
             server.close()
+    scenarios.engine_speed(bench, "after the servers")
+    scenarios.engine_memory(bench)
     scenarios.memory_scenario(bench)
     scenarios.reaping_scenario(bench)
 
@@ -90,6 +100,7 @@ def main(argv: list[str] | None = None) -> int:
         "started": started_at,
         "seconds": elapsed,
         "cpus": os.cpu_count(),
+        "server_cpus": None if server_cpus is None else sorted(server_cpus),
         "platform": platform.platform(),
         "versions": _versions(),
         "settings": dataclasses.asdict(settings),

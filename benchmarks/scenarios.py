@@ -19,8 +19,6 @@ import time
 from collections.abc import Iterable
 from typing import Any
 
-import trio
-
 from benchmarks import engine, load
 from benchmarks.report import Report, Row
 from benchmarks.server import ServerProcess
@@ -121,8 +119,12 @@ class Settings:
 class Bench:
     """State shared by the scenarios: settings, targets and the report."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(
+        self, settings: Settings, server_cpus: frozenset[int] | None = None
+    ) -> None:
         self.settings = settings
+        # CPUs for the server processes (see benchmarks.server.split_cpus)
+        self.server_cpus = server_cpus
         self.started = time.perf_counter()
         self.report = Report()
         self.targets: dict[str, Target] = {}
@@ -172,9 +174,13 @@ def _log_row(row: Row) -> None:
     log(f"{row.scenario} | {row.case} | {row.target}: {figure} {row.unit} {row.note}")
 
 
-def _isolated(function: Any, *args: Any, timeout: float) -> Any:
+def _isolated(bench: Bench, function: Any, *args: Any, timeout: float) -> Any:
+    """Run ``function`` in a fresh process on the servers' CPU; its result,
+    or the exception it raised."""
     try:
-        return engine.run_isolated(function, *args, timeout=timeout)
+        return engine.run_isolated(
+            function, *args, timeout=timeout, cpus=bench.server_cpus
+        )
     except Exception as exc:
         return exc
 
@@ -191,55 +197,58 @@ ENGINE_HALF_CASE = "per connection half (bare engine)"
 ENGINE_SERVER_HALF_CASE = "per server half (bare engine)"
 
 
-def engine_baseline(bench: Bench) -> None:
-    """Scenario rows for the bare engine, each measured in a fresh process."""
+def engine_speed(bench: Bench, when: str) -> None:
+    """Handshakes and round trips of the bare engine, in a fresh process.
+
+    Called before and after the servers' turns (``when`` says which), on
+    the servers' CPU: the speed of a shared machine drifts, and each engine
+    row pools the samples of both passes, so that its median sits in the
+    middle of the time the servers were measured in.
+    """
     s = bench.settings
     report = bench.report
-    log("bare engine: handshakes and round trips in memory")
+    log(f"bare engine: handshakes and round trips in memory ({when})")
     budget = 30 + 4 * s.repetitions * s.engine_seconds * (1 + len(s.echo_sizes))
     speed = _isolated(
+        bench,
         engine.measure_speed,
         s.engine_seconds,
         s.repetitions,
         s.echo_sizes,
         timeout=budget,
     )
-    if isinstance(speed, Exception):
-        bench.skip(HANDSHAKES, ENGINE_HANDSHAKE_CASE, ENGINE, describe(speed))
-        for size in s.echo_sizes:
-            bench.skip(ECHO, engine_case(size), ENGINE, describe(speed))
-    else:
-        _log_row(
-            report.add(
-                Row(
-                    HANDSHAKES,
-                    ENGINE_HANDSHAKE_CASE,
-                    ENGINE,
-                    "hs/s",
-                    samples=speed["handshakes_per_s"],
-                )
-            )
-        )
-        for size in s.echo_sizes:
-            _log_row(
-                report.add(
-                    Row(
-                        ECHO,
-                        engine_case(size),
-                        ENGINE,
-                        "rt/s",
-                        samples=speed[f"round_trips_per_s_{size}"],
-                    )
-                )
-            )
+    rows = [(HANDSHAKES, ENGINE_HANDSHAKE_CASE, "hs/s", "handshakes_per_s")] + [
+        (ECHO, engine_case(size), "rt/s", f"round_trips_per_s_{size}")
+        for size in s.echo_sizes
+    ]
+    for scenario, case, unit, key in rows:
+        row = report.find(scenario, case, ENGINE)
+        if row is None:
+            row = report.add(Row(scenario, case, ENGINE, unit))
+        if isinstance(speed, Exception):
+            row.note = f"{when}: unavailable: {describe(speed)}"
+            log(f"{scenario}: {ENGINE} {row.note}")
+            continue
+        row.samples += speed[key]
+        row.raw.append({"when": when, "samples": speed[key]})
+        _log_row(row)
 
+
+def engine_memory(bench: Bench) -> None:
+    """Memory per connection half of the bare engine, in a fresh process."""
+    s = bench.settings
+    report = bench.report
     log(f"bare engine: memory of {s.engine_memory_pairs:,} established pairs")
     for case, server_only in (
         (ENGINE_HALF_CASE, False),
         (ENGINE_SERVER_HALF_CASE, True),
     ):
         memory = _isolated(
-            engine.measure_memory, s.engine_memory_pairs, server_only, timeout=120
+            bench,
+            engine.measure_memory,
+            s.engine_memory_pairs,
+            server_only,
+            timeout=120,
         )
         if isinstance(memory, Exception):
             bench.skip(MEMORY, case, ENGINE, describe(memory))
@@ -263,7 +272,9 @@ def engine_baseline(bench: Bench) -> None:
 
 def start_servers(bench: Bench, names: Iterable[str]) -> dict[str, ServerProcess]:
     """Start one server process per target (in parallel), skip the failures."""
-    starting = {name: ServerProcess(ServerConfig(name)) for name in names}
+    starting = {
+        name: ServerProcess(ServerConfig(name), bench.server_cpus) for name in names
+    }
     ready: dict[str, ServerProcess] = {}
     for name, server in starting.items():
         try:
@@ -275,15 +286,13 @@ def start_servers(bench: Bench, names: Iterable[str]) -> dict[str, ServerProcess
     return ready
 
 
-async def shared_server_scenarios(
-    bench: Bench, servers: dict[str, ServerProcess]
-) -> None:
+def shared_server_scenarios(bench: Bench, servers: dict[str, ServerProcess]) -> None:
     # The flood goes first, while no server has any peer, so that the live peer
     # count afterwards must be exactly 0. Handshakes go last because they leave
     # many abandoned peers behind on the servers.
-    await flood_scenario(bench, servers)
-    await echo_scenario(bench, servers)
-    await handshake_scenario(bench, servers)
+    flood_scenario(bench, servers)
+    echo_scenario(bench, servers)
+    handshake_scenario(bench, servers)
 
 
 def echo_case(peers: int, size: int, window: int) -> str:
@@ -302,11 +311,23 @@ def _echo_refs(name: str, case: str, size: int) -> dict[str, tuple[str, str]]:
     return refs
 
 
-async def echo_scenario(bench: Bench, servers: dict[str, ServerProcess]) -> None:
+def _note_cpu(row: Row, uses: list[load.CpuUse]) -> None:
+    """Put the mean CPU use of one or more measurements on their row."""
+    for field, column in (
+        ("server", "server_cpu"),
+        ("server_wait", "server_wait"),
+        ("load", "load_cpu"),
+    ):
+        values = [getattr(use, field) for use in uses]
+        if values and None not in values:
+            setattr(row, column, statistics.fmean(values))
+
+
+def echo_scenario(bench: Bench, servers: dict[str, ServerProcess]) -> None:
     s = bench.settings
     bench.skip_unavailable(ECHO, ORDER)
     most_peers = max(s.echo_peers)
-    async with contextlib.AsyncExitStack() as stack:
+    with contextlib.ExitStack() as stack:
         peer_sets: dict[str, load.PeerSet] = {}
         for name in bench.available():
             if name not in servers:
@@ -314,25 +335,24 @@ async def echo_scenario(bench: Bench, servers: dict[str, ServerProcess]) -> None
             server = servers[name]
             try:
                 server.check_alive()
-                peers = await stack.enter_async_context(
+                peers = stack.enter_context(
                     load.open_peers(
-                        bench.targets[name],
                         server.address,
-                        server.client_info,
                         most_peers,
+                        secure=bench.targets[name].secure,
                         connect_within=s.connect_timeout,
                     )
                 )
-                if not peers.channels:
+                if not peers.peers:
                     raise RuntimeError(
-                        peers.failures[0] if peers.failures else "no peer connected"
+                        peers.errors[0] if peers.errors else "no peer connected"
                     )
             except Exception as exc:
                 bench.skip(ECHO, "all cases", name, describe(exc))
                 continue
             peer_sets[name] = peers
             log(
-                f"echo: {name}: {len(peers.channels)}/{most_peers} peers connected "
+                f"echo: {name}: {len(peers.peers)}/{most_peers} peers connected "
                 f"in {peers.connect_seconds:.2f} s"
             )
 
@@ -342,17 +362,18 @@ async def echo_scenario(bench: Bench, servers: dict[str, ServerProcess]) -> None
         for peer_count, size, window in cases:
             case = echo_case(peer_count, size, window)
             for name in list(peer_sets):
-                channels = peer_sets[name].channels[:peer_count]
+                clients = peer_sets[name].peers[:peer_count]
                 refs = _echo_refs(name, case, size)
                 row = bench.report.add(Row(ECHO, case, name, "rt/s", refs=refs))
                 try:
                     servers[name].check_alive()
-                    result = await load.echo_run(
-                        channels,
+                    result = load.echo_run(
+                        clients,
                         size,
                         window,
                         samples=s.repetitions,
                         sample_seconds=s.echo_seconds,
+                        server_pid=servers[name].pid,
                     )
                 except Exception as exc:
                     row.note = f"unavailable: {describe(exc)}"
@@ -363,7 +384,8 @@ async def echo_scenario(bench: Bench, servers: dict[str, ServerProcess]) -> None
                     row.note = "unavailable: no echo came back"
                 else:
                     row.samples = result.rates
-                row.raw.append(dataclasses.asdict(result) | {"peers": len(channels)})
+                    _note_cpu(row, [result.cpu])
+                row.raw.append(dataclasses.asdict(result) | {"peers": len(clients)})
                 _annotate_echo(row, peer_count)
                 _log_row(row)
 
@@ -383,7 +405,7 @@ def _annotate_echo(row: Row, wanted_peers: int) -> None:
     row.note = "; ".join(notes)
 
 
-async def handshake_scenario(bench: Bench, servers: dict[str, ServerProcess]) -> None:
+def handshake_scenario(bench: Bench, servers: dict[str, ServerProcess]) -> None:
     s = bench.settings
     names = [n for n in bench.available() if n in servers and bench.targets[n].secure]
     bench.skip_unavailable(HANDSHAKES, (n for n in ORDER if bench.targets[n].secure))
@@ -397,13 +419,12 @@ async def handshake_scenario(bench: Bench, servers: dict[str, ServerProcess]) ->
             server = servers[name]
             try:
                 server.check_alive()
-                result = await load.handshake_run(
-                    bench.targets[name],
+                result = load.handshake_run(
                     server.address,
-                    server.client_info,
                     concurrency,
                     samples=s.repetitions,
                     sample_seconds=s.handshake_seconds,
+                    server_pid=server.pid,
                 )
             except Exception as exc:
                 row.note = f"unavailable: {describe(exc)}"
@@ -415,6 +436,7 @@ async def handshake_scenario(bench: Bench, servers: dict[str, ServerProcess]) ->
                 row.note = f"unavailable: {reason}"
             else:
                 row.samples = result.rates
+                _note_cpu(row, [result.cpu])
                 if result.failed:
                     row.note = f"{result.failed} failed"
                     if result.errors:
@@ -422,7 +444,7 @@ async def handshake_scenario(bench: Bench, servers: dict[str, ServerProcess]) ->
             _log_row(row)
 
 
-async def flood_scenario(bench: Bench, servers: dict[str, ServerProcess]) -> None:
+def flood_scenario(bench: Bench, servers: dict[str, ServerProcess]) -> None:
     s = bench.settings
     hello = load.client_hello()
     rate_case = f"answers/s ({s.flood_sources} sources, {len(hello)} B hello)"
@@ -432,6 +454,7 @@ async def flood_scenario(bench: Bench, servers: dict[str, ServerProcess]) -> Non
     names = [n for n in bench.available() if n in servers]
     rate_rows: dict[str, Row] = {}
     amp_rows: dict[str, Row] = {}
+    flood_cpu: dict[str, list[load.CpuUse]] = {}
     for name in names:
         refs = {} if name == "raw_udp" else {"raw_udp": (rate_case, "raw_udp")}
         if name == OURS:
@@ -444,12 +467,13 @@ async def flood_scenario(bench: Bench, servers: dict[str, ServerProcess]) -> Non
         for name in list(names):
             try:
                 servers[name].check_alive()
-                result = await load.flood(
+                result = load.flood(
                     servers[name].address,
                     hello,
                     sources=s.flood_sources,
                     window=s.flood_window,
                     duration=s.flood_seconds,
+                    server_pid=servers[name].pid,
                 )
                 if result.responses == 0:
                     raise RuntimeError("no answer to any ClientHello")
@@ -460,15 +484,17 @@ async def flood_scenario(bench: Bench, servers: dict[str, ServerProcess]) -> Non
                 continue
             rate_rows[name].samples.append(result.rate)
             rate_rows[name].raw.append(dataclasses.asdict(result))
+            flood_cpu.setdefault(name, []).append(result.cpu)
             amp_rows[name].samples.append(result.amplification)
     for name in names:
         row = rate_rows[name]
+        _note_cpu(row, flood_cpu.get(name, []))
         if bench.targets[name].secure and row.raw:
             answers = sum(r["responses"] for r in row.raw)
             verify = sum(r["hello_verify_requests"] for r in row.raw)
             row.note = f"{verify / answers:.0%} HelloVerifyRequests"
         try:
-            reply = await servers[name].arequest("stats")
+            reply = servers[name].request("stats")
         except Exception as exc:
             log(f"flood: {name} statistics failed: {describe(exc)}")
             continue
@@ -503,8 +529,8 @@ def memory_scenario(bench: Bench) -> None:
     for name in bench.available(("trio_dtls", OURS)):
         log(f"memory: {name}: establishing {max(s.memory_peers):,} idle peers")
         try:
-            with ServerProcess(ServerConfig(name)) as server:
-                rows = trio.run(_memory_run, bench, name, server)
+            with ServerProcess(ServerConfig(name), bench.server_cpus) as server:
+                rows = _memory_run(bench, name, server)
         except Exception as exc:
             bench.skip(MEMORY, "all cases", name, describe(exc))
             continue
@@ -513,17 +539,17 @@ def memory_scenario(bench: Bench) -> None:
             _log_row(row)
 
 
-async def _memory_run(bench: Bench, name: str, server: ServerProcess) -> list[Row]:
+def _memory_run(bench: Bench, name: str, server: ServerProcess) -> list[Row]:
     s = bench.settings
     rows: list[Row] = []
     refs = {"engine": (ENGINE_SERVER_HALF_CASE, ENGINE)}
-    async with contextlib.AsyncExitStack() as stack:
+    with contextlib.ExitStack() as stack:
         # A few peers first, so one-time allocations are not counted per peer.
-        await stack.enter_async_context(load.idle_peers(server.address, 20))
-        base = (await server.arequest("rss"))["rss"]
+        stack.enter_context(load.idle_peers(server.address, 20))
+        base = server.request("rss")["rss"]
         established = 0
         for wanted in s.memory_peers:
-            batch = await stack.enter_async_context(
+            batch = stack.enter_context(
                 load.idle_peers(
                     server.address,
                     wanted - established,
@@ -537,8 +563,8 @@ async def _memory_run(bench: Bench, name: str, server: ServerProcess) -> list[Ro
                 raise RuntimeError("no peer could be established")
             if batch.seconds > 0:
                 bench.establish_rate[name] = len(batch.sockets) / batch.seconds
-            rss = (await server.arequest("rss"))["rss"]
-            stats = (await server.arequest("stats")).get("stats")
+            rss = server.request("rss")["rss"]
+            stats = server.request("stats").get("stats")
             case = f"{wanted:,} idle peers"
             row_refs = dict(refs)
             if name == OURS:
@@ -616,8 +642,8 @@ def reaping_scenario(bench: Bench) -> None:
         log(f"reaping: {count:,} peers, idle timeout {idle_timeout:g} s")
         try:
             config = ServerConfig(OURS, idle_timeout=idle_timeout)
-            with ServerProcess(config) as server:
-                results[count] = trio.run(_reap_run, server, count, idle_timeout)
+            with ServerProcess(config, bench.server_cpus) as server:
+                results[count] = _reap_run(server, count, idle_timeout)
         except Exception as exc:
             bench.skip(REAPING, case, OURS, describe(exc))
             continue
@@ -664,20 +690,16 @@ def reaping_scenario(bench: Bench) -> None:
         )
 
 
-async def _reap_run(
-    server: ServerProcess, count: int, idle_timeout: float
-) -> ReapResult:
-    await server.arequest("watch_start", 0.002)
-    async with load.idle_peers(
-        server.address, count, start_within=idle_timeout
-    ) as peers:
+def _reap_run(server: ServerProcess, count: int, idle_timeout: float) -> ReapResult:
+    server.request("watch_start", 0.002)
+    with load.idle_peers(server.address, count, start_within=idle_timeout) as peers:
         if not peers.sockets:
             raise RuntimeError("no peer could be established")
         # Reaping is expected within milliseconds of the deadline; a few
         # seconds of grace is plenty, and keeps a stuck peer from stalling us.
         wait = idle_timeout + 3.0
-        watched = await server.arequest("watch_result", wait, wait=wait + 10.0)
-        times = (await server.arequest("reap_times"))["reap_times"]
+        watched = server.request("watch_result", wait, wait=wait + 10.0)
+        times = server.request("reap_times")["reap_times"]
     lags = [lag for _, lag in times]
     deadlines = [ended - lag for ended, lag in times]
     drained_at = next(

@@ -93,7 +93,7 @@ async def _serve(config: ServerConfig, conn: Connection) -> None:
     port = sock.getsockname()[1]
     async with trio.open_nursery() as nursery:
         server = await target.start_server(nursery, sock, config)
-        conn.send({"port": port, "client_info": server.client_info})
+        conn.send({"port": port})
         watcher = _PeerWatcher(server)
         while True:
             await trio.lowlevel.wait_readable(conn.fileno())
@@ -148,15 +148,35 @@ def _leaves(exc: BaseException) -> list[BaseException]:
     return [leaf for child in inner for leaf in _leaves(child)]
 
 
-class ServerProcess:
-    """Handle on a running server process, used from the orchestrator.
+def split_cpus() -> frozenset[int] | None:
+    """Give the load generator and the servers a CPU each; return the servers'.
 
-    Blocking; from Trio code call :meth:`arequest`, which runs the request in a
-    worker thread.
+    Left to itself, Linux tends to keep two processes that wake each other
+    up on one CPU: on a two-core machine the server and the load generator
+    then take turns on one core (together about 100 %) while the other core
+    idles, and the figures measure neither. So this process (the load
+    generator, and the engine processes it spawns) is pinned to the first CPU
+    it may use and the servers go to the second. Returns None, pinning
+    nothing, if there is only one CPU or the platform cannot pin.
     """
+    try:
+        cpus = sorted(os.sched_getaffinity(0))
+        if len(cpus) < 2:
+            return None
+        os.sched_setaffinity(0, {cpus[0]})
+    except (AttributeError, OSError):
+        return None
+    return frozenset({cpus[1]})
 
-    def __init__(self, config: ServerConfig) -> None:
-        """Start the process; call :meth:`wait_ready` before using it."""
+
+class ServerProcess:
+    """Handle on a running server process, used from the orchestrator."""
+
+    def __init__(
+        self, config: ServerConfig, cpus: frozenset[int] | None = None
+    ) -> None:
+        """Start the process (on ``cpus``, if given); call :meth:`wait_ready`
+        before using it."""
         self.config = config
         context = multiprocessing.get_context("spawn")
         self._conn, child_conn = context.Pipe()
@@ -170,8 +190,9 @@ class ServerProcess:
         child_conn.close()
         self._failure: str | None = None
         self.address: tuple[str, int] = ("127.0.0.1", 0)
-        self.client_info: JsonDict = {}
         self.pid = self._process.pid
+        if cpus and self.pid is not None:
+            os.sched_setaffinity(self.pid, cpus)
 
     def wait_ready(self, timeout: float = 30.0) -> ServerProcess:
         """Wait for the server to report its port; closes it on failure."""
@@ -181,7 +202,6 @@ class ServerProcess:
             self.close()
             raise
         self.address = ("127.0.0.1", int(hello["port"]))
-        self.client_info = hello["client_info"]
         return self
 
     def _receive(self, timeout: float) -> JsonDict:
@@ -231,13 +251,6 @@ class ServerProcess:
         except OSError as exc:
             raise ServerError(self._death_reason()) from exc
         return self._receive(wait)
-
-    async def arequest(
-        self, command: str, argument: Any = None, wait: float = 20.0
-    ) -> JsonDict:
-        return await trio.to_thread.run_sync(
-            self.request, command, argument, wait, abandon_on_cancel=True
-        )
 
     def close(self) -> None:
         if self._conn.closed:

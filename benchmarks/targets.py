@@ -1,25 +1,25 @@
 """The servers under test, behind one small adapter interface.
 
-A :class:`Target` knows how to run an echo server on a bound UDP socket (in the
-server process) and how to open one client peer to such a server (in the load
-generator). Everything else in the benchmark is target-agnostic, so every
-target gets exactly the same traffic.
+A :class:`Target` knows how to run an echo server on a bound UDP socket, in
+the server process. The client side is not the target's business: the load
+generator (:mod:`benchmarks.load`) drives every DTLS target with the same
+minimal pyOpenSSL client, and ``raw_udp`` with the same plain datagrams, so
+every target gets exactly the same traffic from the same cheap client.
 
 * ``raw_udp``: plain Trio UDP echo, no crypto. The ceiling for any DTLS server
   written with Trio on this machine.
-* ``trio_dtls``: ``trio.DTLSEndpoint`` on both ends. The incumbent.
-* ``dtlsmux``: ``trio_dtlsmux.DtlsEndpoint`` on both ends. The library under
+* ``trio_dtls``: a ``trio.DTLSEndpoint`` server. The incumbent.
+* ``dtlsmux``: a ``trio_dtlsmux.DtlsEndpoint`` server. The library under
   test; it reports :class:`Unavailable` if it cannot be imported.
 """
 
 from __future__ import annotations
 
 import abc
-import contextlib
 import dataclasses
 import socket as stdlib_socket
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import Mapping
 from typing import Any, ClassVar, Protocol, cast
 
 import trio
@@ -58,10 +58,6 @@ class ServerConfig:
 class EchoServer(Protocol):
     """What a running server offers to the control loop of its process."""
 
-    @property
-    def client_info(self) -> JsonDict:
-        """What clients need to connect (for instance a certificate pin)."""
-
     def statistics(self) -> JsonDict | None:
         """The server's own counters, if it keeps any; must include ``peers``."""
 
@@ -74,7 +70,8 @@ class EchoServer(Protocol):
         """
 
 
-def _set_buffer(sock: trio.socket.SocketType, size: int) -> None:
+def set_buffers(sock: stdlib_socket.socket | trio.socket.SocketType, size: int) -> None:
+    """Give ``sock`` receive and send buffers of ``size`` bytes (or the most allowed)."""
     for force, plain in (
         (_SO_RCVBUFFORCE, stdlib_socket.SO_RCVBUF),
         (_SO_SNDBUFFORCE, stdlib_socket.SO_SNDBUF),
@@ -91,7 +88,7 @@ async def udp_socket(
     """A UDP socket bound to ``host`` on an ephemeral port."""
     sock = trio.socket.socket(stdlib_socket.AF_INET, stdlib_socket.SOCK_DGRAM)
     try:
-        _set_buffer(sock, buffer)
+        set_buffers(sock, buffer)
         await sock.bind((host, 0))
     except BaseException:
         sock.close()
@@ -173,36 +170,12 @@ class Target(abc.ABC):
         The server runs in ``nursery`` until it is cancelled and owns ``sock``.
         """
 
-    @abc.abstractmethod
-    def connect(
-        self, address: tuple[str, int], client_info: JsonDict
-    ) -> contextlib.AbstractAsyncContextManager[trio.abc.Channel[bytes]]:
-        """Open one client peer on its own socket, handshake done on entry."""
-
 
 # --------------------------------------------------------------------- raw UDP
 
 
-class _UdpChannel(trio.abc.Channel[bytes]):
-    """A connected UDP socket seen as a channel of datagrams."""
-
-    def __init__(self, sock: trio.socket.SocketType) -> None:
-        self._sock = sock
-
-    async def send(self, value: bytes) -> None:
-        await self._sock.send(value)
-
-    async def receive(self) -> bytes:
-        return await self._sock.recv(65536)
-
-    async def aclose(self) -> None:
-        self._sock.close()
-        await trio.lowlevel.checkpoint()
-
-
 @dataclasses.dataclass
 class _PlainServer:
-    client_info: JsonDict
     counters: _Counters
 
     def statistics(self) -> JsonDict | None:
@@ -230,16 +203,7 @@ class RawUdp(Target):
                     await sock.sendto(data, address)
 
         nursery.start_soon(loop)
-        return _PlainServer(client_info={}, counters=_Counters())
-
-    @contextlib.asynccontextmanager
-    async def connect(
-        self, address: tuple[str, int], client_info: JsonDict
-    ) -> AsyncIterator[trio.abc.Channel[bytes]]:
-        sock = await udp_socket()
-        with sock:
-            await sock.connect(address)
-            yield _UdpChannel(sock)
+        return _PlainServer(counters=_Counters())
 
 
 # ------------------------------------------------------------ trio.DTLSEndpoint
@@ -247,7 +211,6 @@ class RawUdp(Target):
 
 @dataclasses.dataclass
 class _TrioServer:
-    client_info: JsonDict
     endpoint: trio.DTLSEndpoint
     counters: _Counters
 
@@ -267,7 +230,7 @@ class _TrioServer:
 
 class TrioDtls(Target):
     name = "trio_dtls"
-    description = "trio.DTLSEndpoint on both ends"
+    description = "a trio.DTLSEndpoint server"
 
     async def start_server(
         self,
@@ -284,23 +247,7 @@ class TrioDtls(Target):
         await nursery.start(
             endpoint.serve, certs.server_context(cert, key), _echo, counters
         )
-        return _TrioServer(client_info={}, endpoint=endpoint, counters=counters)
-
-    @contextlib.asynccontextmanager
-    async def connect(
-        self, address: tuple[str, int], client_info: JsonDict
-    ) -> AsyncIterator[trio.abc.Channel[bytes]]:
-        # trio's connect() sets options on the context it is given, and
-        # pyOpenSSL refuses to change a context that a connection already
-        # uses, so every trio client needs a context of its own.
-        ctx = certs.client_context()
-        sock = await udp_socket()
-        with trio.DTLSEndpoint(
-            sock, incoming_packets_buffer=TRIO_INCOMING_BUFFER
-        ) as endpoint:
-            channel = endpoint.connect(address, ctx)
-            await channel.do_handshake()
-            yield channel
+        return _TrioServer(endpoint=endpoint, counters=counters)
 
 
 # ----------------------------------------------------------------- trio_dtlsmux
@@ -320,7 +267,6 @@ def _note_reaping(conn: Any, idle_timeout: float, counters: _Counters) -> None:
 
 @dataclasses.dataclass
 class _MuxServer:
-    client_info: JsonDict
     endpoint: Any
     counters: _Counters
 
@@ -335,21 +281,13 @@ class _MuxServer:
 
 class DtlsMux(Target):
     name = "dtlsmux"
-    description = "trio_dtlsmux.DtlsEndpoint on both ends (library under test)"
-
-    def __init__(self) -> None:
-        self._client_contexts: dict[str, Any] = {}
+    description = "a trio_dtlsmux.DtlsEndpoint server (library under test)"
 
     def check(self) -> None:
         try:
             import trio_dtlsmux
 
-            for attribute in (
-                "DtlsEndpoint",
-                "client_context",
-                "server_context",
-                "self_signed",
-            ):
+            for attribute in ("DtlsEndpoint", "server_context", "self_signed"):
                 getattr(trio_dtlsmux, attribute)
         except Exception as exc:
             raise Unavailable(f"{type(exc).__name__}: {exc}") from exc
@@ -386,37 +324,7 @@ class DtlsMux(Target):
                 await trio.sleep_forever()  # in case serve() does not block
 
         await nursery.start(run)
-        return _MuxServer(
-            client_info={"fingerprint": identity.fingerprint},
-            endpoint=endpoint,
-            counters=counters,
-        )
-
-    def _client_context(self, fingerprint: str) -> Any:
-        ctx = self._client_contexts.get(fingerprint)
-        if ctx is None:
-            from trio_dtlsmux import client_context
-
-            ctx = self._client_contexts[fingerprint] = client_context(
-                fingerprint=fingerprint
-            )
-        return ctx
-
-    @contextlib.asynccontextmanager
-    async def connect(
-        self, address: tuple[str, int], client_info: JsonDict
-    ) -> AsyncIterator[trio.abc.Channel[bytes]]:
-        from trio_dtlsmux import DtlsEndpoint
-
-        ctx = self._client_context(client_info["fingerprint"])
-        sock = await udp_socket()
-        async with DtlsEndpoint(sock, idle_timeout=None) as endpoint:
-            conn = await endpoint.connect(address, ctx, server_hostname=False)
-            try:
-                yield conn
-            finally:
-                with contextlib.suppress(Exception):
-                    await conn.aclose()
+        return _MuxServer(endpoint=endpoint, counters=counters)
 
 
 TARGETS: dict[str, type[Target]] = {
