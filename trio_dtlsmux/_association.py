@@ -582,8 +582,10 @@ class Association:
                 try:
                     messages.append(ssl.recv(len(raw)))
                 except SSL.WantReadError:
-                    if content_type == rec.APPLICATION_DATA:
-                        counters.records_rejected += 1
+                    # OpenSSL dropped it: bad MAC, replay, or (rarely) a
+                    # warning alert that needs no action. A forged alert must
+                    # be counted like forged data, so both are.
+                    counters.records_rejected += 1
                     continue
                 except SSL.ZeroReturnError:
                     self._peer_closed()

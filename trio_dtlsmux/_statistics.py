@@ -26,7 +26,8 @@ class ConnectionStatistics:
       messages_out: application messages sent.
       messages_dropped: messages dropped because the inbox was full.
       records_rejected: records OpenSSL discarded (bad MAC, replay, wrong
-        epoch) or that could not be parsed.
+        epoch), records that could not be parsed, and the rare warning
+        alert that carries nothing for the application.
       handshake_retransmissions: handshake flights sent again, by the timer
         or because the peer repeated its last flight.
       established_at: ``trio.current_time()`` when the handshake finished, or
