@@ -610,6 +610,9 @@ class Association:
                     )
                     counters.handshake_retransmissions += 1
                     out.extend(self._pack(self._flight, count=True))
+                elif not self._flight:
+                    # Nothing of ours can answer it: a stale or forged record.
+                    counters.records_rejected += 1
             else:
                 counters.records_rejected += 1
         if valid:

@@ -204,6 +204,7 @@ class DtlsEndpoint:
         self._server_context = server_context
         self._peers: dict[tuple[Any, ...], _Peer] = {}
         self._handshaking = 0
+        self._spent_hellos: dict[tuple[tuple[Any, ...], bytes], float] = {}
         self._counters = EndpointCounters()
         self._cookies = CookieJar(lifetime=self.config.cookie_lifetime)
         self._hvr_size = rec.hello_verify_request_size(COOKIE_LENGTH)
@@ -488,8 +489,29 @@ class DtlsEndpoint:
             peer.handshake_done.set()
             if peer.association.failure_kind is not None:
                 self._counters.handshake_failed(peer.association.failure_kind)
+        if peer.association.client_random is not None:
+            self._spend_hello(key, peer.association.client_random)
         peer.inbox_send.close()
         peer.wake.set()
+
+    def _spend_hello(self, key: tuple[Any, ...], client_random: bytes) -> None:
+        """Remember a ClientHello whose association has ended.
+
+        Its cookie stays valid for up to two cookie lifetimes, so a late
+        retransmission or a replay of that plaintext hello would otherwise
+        start a new handshake (or, at an address with a live association,
+        replace it). Entries expire with the cookie and are capped, so this
+        costs at most ``max_connections`` small entries; it only ever holds
+        hellos that had passed the cookie check.
+        """
+        now = trio.current_time()
+        spent = self._spent_hellos
+        while spent:
+            oldest = next(iter(spent))
+            if spent[oldest] > now and len(spent) < self.config.max_connections:
+                break
+            del spent[oldest]
+        spent[(key, client_random)] = now + 2 * self.config.cookie_lifetime
 
     def _close_peer(self, peer: _Peer) -> list[bytes]:
         datagrams = peer.association.close()
@@ -726,6 +748,11 @@ class DtlsEndpoint:
         """None if the hello carries a valid cookie; else the reply to send."""
         now = trio.current_time()
         if hello.cookie and self._cookies.verify(key, hello, now):
+            if self._spent_hellos.get((key, hello.random), -math.inf) > now:
+                # A hello whose association has come and gone: a replay or a
+                # very late retransmission. Nothing to answer.
+                self._counters.cookie_failures += 1
+                return []
             return None
         if hello.cookie:
             self._counters.cookie_failures += 1

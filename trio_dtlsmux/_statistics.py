@@ -64,8 +64,8 @@ class EndpointStatistics:
         ``"aborted"`` (``connect`` was cancelled or the endpoint closed
         mid-handshake).
       cookies_sent: HelloVerifyRequests sent.
-      cookie_failures: ClientHellos whose cookie was present but wrong or
-        expired.
+      cookie_failures: ClientHellos whose cookie was present but wrong,
+        expired, or already used by an association that has ended.
       junk_dropped: datagrams dropped because they could not be parsed or
         belong to no peer.
       peers_reaped: associations removed after ``idle_timeout``.
