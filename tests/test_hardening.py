@@ -228,6 +228,31 @@ async def round_trip(
             return attempt
     raise AssertionError(f"no echo of {message!r} after {attempts} tries")
 
+async def connect_and_echo(
+    ep: DtlsEndpoint,
+    address: tuple[str, int],
+    client_ctx: SSL.Context,
+    message: bytes,
+    attempts: Counter[str],
+    *,
+    connects: int,
+    wait: float = 2.0,
+) -> str:
+    """Connect (retrying failed handshakes) and get one echo; the outcome."""
+    for _ in range(connects):
+        attempts["connect"] += 1
+        try:
+            conn = await ep.connect(address, client_ctx, server_hostname=False)
+            break
+        except HandshakeError:
+            attempts["handshake failed"] += 1
+    else:
+        return "gave up"
+    tries = await round_trip(conn, message, wait=wait)
+    attempts["echo"] += tries  # not `+= await`: tasks interleave
+    return "ok"
+
+
 
 # -- 1. every single datagram of a handshake: dropped, doubled, late, replayed ---
 
@@ -403,21 +428,9 @@ async def hostile_handshakes(
                 async with DtlsEndpoint(
                     sock, handshake_timeout=handshake_timeout
                 ) as ep:
-                    for _ in range(10):
-                        attempts["connect"] += 1
-                        try:
-                            conn = await ep.connect(
-                                SERVER, client_ctx, server_hostname=False
-                            )
-                            break
-                        except HandshakeError:
-                            attempts["handshake failed"] += 1
-                    else:
-                        outcome[i] = "gave up"
-                        return
-                    tries = await round_trip(conn, b"%d" % i)
-                    attempts["echo"] += tries  # not `+= await`: tasks interleave
-                    outcome[i] = "ok"
+                    outcome[i] = await connect_and_echo(
+                        ep, SERVER, client_ctx, b"%d" % i, attempts, connects=10
+                    )
 
         start = trio.current_time()
         async with trio.open_nursery() as clients:
@@ -603,21 +616,10 @@ async def relay_handshakes(
                 outcome[i] = "wedged"
                 with trio.move_on_at(deadline):
                     async with DtlsEndpoint(await udp_socket(), **FAST_TIMERS) as ep:
-                        for _ in range(5):
-                            attempts["connect"] += 1
-                            try:
-                                conn = await ep.connect(
-                                    address, client_ctx, server_hostname=False
-                                )
-                                break
-                            except HandshakeError:
-                                attempts["handshake failed"] += 1
-                        else:
-                            outcome[i] = "gave up"
-                            return
-                        tries = await round_trip(conn, b"%d" % i, wait=0.5)
-                        attempts["echo"] += tries
-                        outcome[i] = "ok"
+                        outcome[i] = await connect_and_echo(
+                            ep, address, client_ctx, b"%d" % i, attempts,
+                            connects=5, wait=0.5,
+                        )
 
             async with trio.open_nursery() as clients:
                 for i in range(count):
