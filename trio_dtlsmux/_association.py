@@ -420,35 +420,45 @@ class Association:
         return self._pack(self._flight, count=True)
 
     def _send_output(self, records: list[rec.Record], now: float) -> list[bytes]:
-        """Classify OpenSSL's output as a new flight or a retransmission."""
-        new_flight = False
+        """Classify OpenSSL's output as a new flight or a retransmission.
+
+        One output can hold both: when OpenSSL's wall-clock timer has expired
+        by the time the peer's next flight arrives, it first retransmits the
+        old flight and then writes the new one. The peer has moved on, so the
+        stale part is neither sent nor kept; only the new flight is.
+        """
+        start: int | None = None  # where a new flight begins
+        previous_max = self._max_msg_seq
         has_handshake = False
         has_ccs = False
-        for record in records:
+        for index, record in enumerate(records):
             if record.content_type == rec.HANDSHAKE:
                 has_handshake = True
-                if record.epoch == 0:
-                    try:
-                        fragments = rec.parse_handshake_fragments_untrusted(
-                            record.payload
-                        )
-                    except rec.BadPacket:  # pragma: no cover - OpenSSL's own output
-                        continue
-                    for fragment in fragments:
-                        if fragment.message_seq > self._max_msg_seq:
-                            self._max_msg_seq = fragment.message_seq
-                            new_flight = True
+                if record.epoch != 0:
+                    continue
+                try:
+                    fragments = rec.parse_handshake_fragments_untrusted(record.payload)
+                except rec.BadPacket:  # pragma: no cover - OpenSSL's own output
+                    continue
+                for fragment in fragments:
+                    if fragment.message_seq > previous_max:
+                        self._max_msg_seq = max(self._max_msg_seq, fragment.message_seq)
+                        if start is None:
+                            start = index
             elif record.content_type == rec.CHANGE_CIPHER_SPEC:
                 has_ccs = True
-        if has_ccs and not self._flight_has_ccs:
-            new_flight = True
-        if new_flight:
+                if not self._flight_has_ccs and start is None:
+                    start = index
+        if start is not None:
+            records = records[start:]
             self._flight = [
                 r
                 for r in records
                 if r.content_type in (rec.HANDSHAKE, rec.CHANGE_CIPHER_SPEC)
             ]
-            self._flight_has_ccs = has_ccs
+            self._flight_has_ccs = any(
+                r.content_type == rec.CHANGE_CIPHER_SPEC for r in records
+            )
             self._rto = self.config.initial_retransmit_timeout
             self._retransmit_at = now + self._rto
         elif has_handshake or has_ccs:
