@@ -21,6 +21,7 @@ import pathlib
 import random
 import struct
 import sys
+import time
 import tracemalloc
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -228,6 +229,7 @@ async def round_trip(
             return attempt
     raise AssertionError(f"no echo of {message!r} after {attempts} tries")
 
+
 async def connect_and_echo(
     ep: DtlsEndpoint,
     address: tuple[str, int],
@@ -251,7 +253,6 @@ async def connect_and_echo(
     tries = await round_trip(conn, message, wait=wait)
     attempts["echo"] += tries  # not `+= await`: tasks interleave
     return "ok"
-
 
 
 # -- 1. every single datagram of a handshake: dropped, doubled, late, replayed ---
@@ -392,6 +393,51 @@ async def test_every_handshake_datagram_dropped_duplicated_late_or_replayed(
         runs=len(handshake),
         failed=len(problems),
     )
+
+
+async def test_handshake_survives_openssl_retransmitting_on_its_own(
+    autojump_clock: trio.testing.MockClock,
+    server_ctx: SSL.Context,
+    client_ctx: SSL.Context,
+) -> None:
+    """OpenSSL keeps a wall-clock retransmission timer of its own (1 s). If
+    more than that passes between a client's first ClientHello and its
+    reading of the HelloVerifyRequest (a loaded process, a slow path),
+    OpenSSL writes the first hello again and then the second into the same
+    output. On a lossless network the handshake must still complete.
+
+    The one real-clock sleep here is the stimulus, not a wait: OpenSSL reads
+    the wall clock and there is no other way to age its timer.
+    """
+    net = FakeNetwork()
+    wire = Wire(net)
+    stalled: list[float] = []
+
+    def stall_once(packet: Packet) -> bool:
+        if not stalled and is_hello_verify_request(packet.payload):
+            stalled.append(trio.current_time())
+            time.sleep(1.1)  # ages OpenSSL's wall-clock timer (sync hook)
+        return False
+
+    wire.block = stall_once
+    async with (
+        DtlsEndpoint(
+            await fake_socket(net, *SERVER), server_context=server_ctx
+        ) as server,
+        DtlsEndpoint(await fake_socket(net, *CLIENT)) as client,
+    ):
+        start = trio.current_time()
+        with trio.move_on_after(10):
+            await client.connect(SERVER, client_ctx, server_hostname=False)
+        elapsed = trio.current_time() - start
+        assert stalled  # the stimulus happened
+        kinds = [signature(p.payload) for p in wire.packets(CLIENT, SERVER)]
+        # OpenSSL wrote the first hello again before the second; the stale
+        # copy is neither sent nor kept as part of the new flight.
+        assert ("ClientHello", "ClientHello") not in kinds
+        assert kinds[:2] == [("ClientHello",), ("ClientHello",)]
+        assert server.statistics().handshakes_completed == 1
+        assert elapsed < 5
 
 
 # -- 2. a hostile network ------------------------------------------------------
@@ -617,8 +663,13 @@ async def relay_handshakes(
                 with trio.move_on_at(deadline):
                     async with DtlsEndpoint(await udp_socket(), **FAST_TIMERS) as ep:
                         outcome[i] = await connect_and_echo(
-                            ep, address, client_ctx, b"%d" % i, attempts,
-                            connects=5, wait=0.5,
+                            ep,
+                            address,
+                            client_ctx,
+                            b"%d" % i,
+                            attempts,
+                            connects=5,
+                            wait=0.5,
                         )
 
             async with trio.open_nursery() as clients:

@@ -21,14 +21,16 @@ import trio
 import trio.testing
 from OpenSSL import SSL
 
-from trio_dtlsmux import DtlsConnection, DtlsEndpoint
+from trio_dtlsmux import DtlsConnection, DtlsEndpoint, HandshakeError
 from trio_dtlsmux.testing import FakeNetwork, NetworkConditions, Packet
 
 from .conftest import echo, fake_socket
 
 SERVER = ("10.0.0.1", 4433)
-IDLE_TIMEOUT = 30.0
 HANDSHAKE_TIMEOUT = 30.0
+# Longer than a handshake that times out and is retried, so that every peer
+# of a round is still held when the round's last one has connected.
+IDLE_TIMEOUT = 4 * HANDSHAKE_TIMEOUT
 MESSAGES = 3
 
 pytestmark = pytest.mark.skipif(
@@ -113,14 +115,26 @@ async def soak_round(
     or unplugged devices do; the server holds them all until idle_timeout
     reaps them."""
     limiter = trio.Semaphore(concurrency)
+    retries = 0
 
     async def peer(i: int) -> None:
+        nonlocal retries
         async with limiter:
             address = peer_address(round_no, i)
             async with DtlsEndpoint(await fake_socket(net, *address)) as ep:
-                conn: DtlsConnection = await ep.connect(
-                    SERVER, client_ctx, server_hostname=False
-                )
+                for attempt in range(3):
+                    try:
+                        conn: DtlsConnection = await ep.connect(
+                            SERVER, client_ctx, server_hostname=False
+                        )
+                        break
+                    except HandshakeError:
+                        # Lossless, this happens only when OpenSSL's own
+                        # wall-clock timer fires in a loaded process (see
+                        # test_handshake_survives_openssl_retransmitting_on_its_own).
+                        retries += 1
+                        if attempt == 2:
+                            raise
                 for n in range(MESSAGES):
                     message = b"%d:%d:%d" % (round_no, i, n)
                     await conn.send(message)
@@ -145,6 +159,7 @@ async def soak_round(
         "peers_after": after.peers,
         "internal_after": len(server._peers),
         "in_progress_after": after.handshakes_in_progress,
+        "retries": retries,
     }
 
 
@@ -207,7 +222,8 @@ def check_soak(out: dict[str, Any], peers: int, name: str) -> None:
         assert r["held_peers"] == peers  # all of them at once
         assert r["reaped"] == peers
         assert r["peers_after"] == r["internal_after"] == r["in_progress_after"] == 0
-    assert stats.handshakes_completed == peers * len(rounds)
+    # A retried handshake that the server had finished replaces that peer.
+    assert stats.handshakes_completed - stats.peers_restarted == peers * len(rounds)
     assert stats.peers_reaped == peers * len(rounds)
     # Per-peer objects: exactly as many after every round (a leak of one
     # per peer would add `peers` each round).
@@ -227,7 +243,13 @@ def check_soak(out: dict[str, Any], peers: int, name: str) -> None:
             r["objects"],
             first["objects"],
         )
-    assert first["objects"] - out["baseline_objects"] < slack
+    # Round one also fills the one per-address memory the endpoint keeps on
+    # purpose: the ClientHellos of ended associations, refused if replayed
+    # while their cookie lives, at most max_connections (peers + 10 here) of
+    # them, at most two tuples each (the collector stops tracking most of
+    # them). It is full from round one on.
+    replay_memory = 2 * (peers + 10)
+    assert first["objects"] - out["baseline_objects"] < slack + replay_memory
     # Resident memory, after handing free heap pages back (see rss()). While
     # held, the peers cost `footprint`. Round one also fills what stays
     # filled (OpenSSL's tables, interpreter and trio caches, allocator
@@ -250,6 +272,7 @@ def check_soak(out: dict[str, Any], peers: int, name: str) -> None:
             for i, r in enumerate(rounds)
         )
         + f", baseline_objects={out['baseline_objects']}, "
+        f"handshake_retries={sum(r['retries'] for r in rounds)}, "
         f"footprint_per_peer_KiB={footprint / peers / 1024:.1f}, "
         f"malloc_trim={MALLOC_TRIM is not None}"
     )
