@@ -7,7 +7,7 @@ import math
 import pytest
 from OpenSSL import SSL
 
-from trio_dtlsmux import HandshakeError, HandshakeTimeout, SelfSigned
+from trio_dtlsmux import HandshakeError, HandshakeTimeout, SelfSigned, _recordio
 from trio_dtlsmux import _records as rec
 from trio_dtlsmux._association import Association, Role, State
 from trio_dtlsmux._config import EndpointConfig
@@ -91,8 +91,15 @@ class Pair:
         self.to_client += self.server.handle_timer(self.now)
 
 
-@pytest.fixture
-def pair(server_ctx: SSL.Context, client_ctx: SSL.Context) -> Pair:
+@pytest.fixture(params=[True, False], ids=["fast-records", "public-records"])
+def pair(
+    request: pytest.FixtureRequest,
+    monkeypatch: pytest.MonkeyPatch,
+    server_ctx: SSL.Context,
+    client_ctx: SSL.Context,
+) -> Pair:
+    # Every test of an established pair runs on both record paths.
+    monkeypatch.setattr(_recordio, "use_fast_path", request.param)
     return Pair(server_ctx, client_ctx)
 
 

@@ -70,6 +70,7 @@ from ._errors import (
     PeerClosed,
     PeerRestarted,
 )
+from ._recordio import RecordIO, record_io
 from ._statistics import ConnectionCounters
 
 # What OpenSSL adds to a record on top of the 13-byte header for the AEAD
@@ -79,6 +80,7 @@ from ._statistics import ConnectionCounters
 _CBC_OVERHEAD = 80
 
 _BIO_CHUNK = 65536
+_APPLICATION_DATA_BYTE = bytes([rec.APPLICATION_DATA])
 _MAX_PLAINTEXT = 1 << 14
 
 
@@ -170,6 +172,9 @@ class Association:
         self.address = address
         self.config = config
         self.state = State.HANDSHAKING
+        # True while HANDSHAKING or ESTABLISHED; kept by _transition (it is
+        # read for every datagram, so it is an attribute, not a property).
+        self.live = True
         self.error: BaseException | None = None
         self.counters = ConnectionCounters()
         self.server_hostname = server_hostname
@@ -202,12 +207,10 @@ class Association:
         else:
             ssl.set_accept_state()
         self._ssl: SSL.Connection | None = ssl
+        # The data path once established (see _recordio).
+        self._io: RecordIO | None = None
 
     # -- lifecycle ---------------------------------------------------------
-
-    @property
-    def live(self) -> bool:
-        return self.state in _LIVE
 
     def _transition(self, new: State, error: BaseException | None = None) -> bool:
         """Move to ``new``; the only place ``state`` changes.
@@ -220,6 +223,7 @@ class Association:
         if allowed is None or new not in allowed:
             return False
         self.state = new
+        self.live = new in _LIVE
         if new is not State.ESTABLISHED:
             self.error = error
             self._free()
@@ -230,6 +234,7 @@ class Association:
         if self._ssl is not None:
             self._ssl.set_app_data(None)
             self._ssl = None
+        self._io = None
         self._flight = []
         self._retransmit_at = math.inf
 
@@ -328,6 +333,7 @@ class Association:
         if not sent_final_flight:
             self._flight = []
         self._cleartext_mtu = self._compute_cleartext_mtu(ssl)
+        self._io = record_io(ssl)
         self.session_info = self._snapshot_session(ssl)
         if self._keylog is not None:
             client_random = ssl.client_random()
@@ -535,6 +541,14 @@ class Association:
         counters = self.counters
         counters.datagrams_in += 1
         counters.bytes_in += len(data)
+        io = self._io
+        if (
+            io is not None
+            and data[:1] == _APPLICATION_DATA_BYTE
+            and len(data) == rec.RECORD_HEADER_SIZE + int.from_bytes(data[11:13], "big")
+        ):
+            # The common case, kept short: one application-data record.
+            return self._receive_application_record(io, data, now)
         if self._ssl is None:
             return [], []
         try:
@@ -577,26 +591,42 @@ class Association:
                 return
             self.counters.messages_in += 1
 
+    def _receive_application_record(
+        self, io: RecordIO, record: bytes, now: float
+    ) -> tuple[list[bytes], list[bytes]]:
+        try:
+            message = io.open(record)
+        except SSL.ZeroReturnError:
+            self._peer_closed()
+            self.counters.last_datagram_at = now
+            return [], []
+        except SSL.Error as exc:
+            self._broken(exc)
+            self.counters.last_datagram_at = now
+            return [], []
+        counters = self.counters
+        if message is None:
+            counters.records_rejected += 1
+            return [], []
+        counters.last_datagram_at = now
+        counters.messages_in += 1
+        if self._flight:
+            self._flight = []
+        return [], [message]
+
     def _receive_established(
         self, records: list[tuple[int, int, bytes]], now: float
     ) -> tuple[list[bytes], list[bytes]]:
-        ssl = self._ssl
-        assert ssl is not None
+        io = self._io
+        assert io is not None
         counters = self.counters
         messages: list[bytes] = []
         out: list[bytes] = []
         valid = False
         for content_type, _epoch, raw in records:
             if content_type == rec.APPLICATION_DATA or content_type == rec.ALERT:
-                ssl.bio_write(raw)
                 try:
-                    messages.append(ssl.recv(len(raw)))
-                except SSL.WantReadError:
-                    # OpenSSL dropped it: bad MAC, replay, or (rarely) a
-                    # warning alert that needs no action. A forged alert must
-                    # be counted like forged data, so both are.
-                    counters.records_rejected += 1
-                    continue
+                    message = io.open(raw)
                 except SSL.ZeroReturnError:
                     self._peer_closed()
                     valid = True
@@ -605,6 +635,13 @@ class Association:
                     self._broken(exc)
                     valid = True
                     break
+                if message is None:
+                    # OpenSSL dropped it: bad MAC, replay, or (rarely) a
+                    # warning alert that needs no action. A forged alert must
+                    # be counted like forged data, so both are.
+                    counters.records_rejected += 1
+                    continue
+                messages.append(message)
                 valid = True
                 counters.messages_in += 1
                 if self._flight:
@@ -691,15 +728,14 @@ class Association:
 
     def send_message(self, data: bytes) -> list[bytes]:
         """Encrypt one message into one record; returns the datagram(s)."""
-        ssl = self._ssl
-        if self.state is not State.ESTABLISHED or ssl is None:
+        io = self._io
+        if io is None or self.state is not State.ESTABLISHED:
             raise self.send_error()
-        # pyOpenSSL zero-fills a buffer of the size asked for, so ask for
-        # what a record can be (it fits the MTU), not for 64 KiB.
+        # Ask for what a record can be (it fits the MTU), not for 64 KiB:
+        # the buffer is allocated per call.
         limit = self.config.mtu + 1
         try:
-            ssl.send(data)
-            record = ssl.bio_read(limit)
+            record = io.seal(data, limit)
         except SSL.Error as exc:
             self._broken(exc)
             raise self.send_error() from None
