@@ -629,8 +629,14 @@ class DtlsEndpoint:
             lock.release()
 
     async def _receive_loop(self) -> None:
+        if self._raw is None:
+            await self._receive_loop_trio()
+        else:
+            await self._receive_loop_batched(self._raw)
+
+    async def _receive_loop_trio(self) -> None:
+        """One datagram per ``recvfrom``: fakes and sockets without a twin."""
         sock = self._sock
-        raw = self._raw
         counters = self._counters
         while True:
             try:
@@ -644,40 +650,60 @@ class DtlsEndpoint:
                 continue
             except trio.ClosedResourceError:
                 return
-            await self._route(data, address)
-            if raw is None:
-                continue
-            # Whatever else is already queued in the kernel is read without
-            # going back through the scheduler for each datagram; one wait
-            # per batch keeps the loop fair to the other tasks.
+            key = normalize_address(address)
+            replies = self._route(data, key, trio.current_time())
+            if replies:
+                await self._send_datagrams(replies, key)
+
+    async def _receive_loop_batched(self, raw: _stdlib_socket.socket) -> None:
+        """Everything the kernel has queued, read per wake-up of the task.
+
+        One wait for readability per batch, not a scheduler round trip per
+        datagram; the batch is capped so the loop stays fair to the other
+        tasks, and one clock reading serves the whole batch.
+        """
+        counters = self._counters
+        recvfrom = raw.recvfrom
+        while True:
+            try:
+                await trio.lowlevel.wait_readable(raw)
+            except (trio.ClosedResourceError, OSError):
+                return
+            now = trio.current_time()
             for _ in range(_RECV_BATCH):
                 try:
-                    data, address = raw.recvfrom(_RECV_SIZE)
+                    data, address = recvfrom(_RECV_SIZE)
                 except BlockingIOError:
                     break
                 except OSError as exc:
                     if exc.errno == errno.EBADF:
                         return
+                    # ICMP errors (ECONNREFUSED after sending to a closed
+                    # port) concern one peer; the endpoint goes on.
                     counters.socket_errors += 1
                     continue
-                await self._route(data, address)
+                # recvfrom reports IPv4 peers as (host, port) already.
+                key = address if len(address) == 2 else normalize_address(address)
+                replies = self._route(data, key, now)
+                if replies:
+                    await self._send_datagrams(replies, key)
 
-    async def _route(self, data: bytes, address: Any) -> None:
+    def _route(self, data: bytes, key: tuple[Any, ...], now: float) -> list[bytes]:
+        """Count one datagram and hand it to its peer; returns the replies."""
         counters = self._counters
         counters.datagrams_in += 1
         counters.bytes_in += len(data)
-        key = normalize_address(address)
         try:
-            replies = self._handle_datagram(data, key)
+            return self._handle_datagram(data, key, now)
         except SSL.Error:
             # OpenSSL refused bytes we fed it in a way the association did
             # not expect; the datagram is junk, the endpoint lives.
             counters.junk_dropped += 1
-            return
-        if replies:
-            await self._send_datagrams(replies, key)
+            return []
 
-    def _handle_datagram(self, data: bytes, key: tuple[Any, ...]) -> list[bytes]:
+    def _handle_datagram(
+        self, data: bytes, key: tuple[Any, ...], now: float
+    ) -> list[bytes]:
         peer = self._peers.get(key)
         if peer is None:
             return self._handle_stranger(data, key)
@@ -694,7 +720,7 @@ class DtlsEndpoint:
                 return restart
         was_live = association.live
         handshaking = association.state is State.HANDSHAKING
-        replies, messages = association.receive_datagram(data, trio.current_time())
+        replies, messages = association.receive_datagram(data, now)
         if messages:
             self._deliver(peer, messages)
         if handshaking or (was_live and not association.live):
