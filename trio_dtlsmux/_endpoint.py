@@ -212,6 +212,9 @@ class DtlsEndpoint:
             DtlsConnection
         ](math.inf)
         self._send_lock = trio.Lock()
+        # Tasks inside _send_waiting; while there are any, nobody may jump
+        # the queue with a direct send.
+        self._send_waiters = 0
         self._nursery: trio.Nursery | None = None
         self._nursery_manager: Any = None
         self._state = "new"
@@ -579,54 +582,63 @@ class DtlsEndpoint:
         once (the usual case): the receive task sends replies without
         yielding between datagrams, and callers that must checkpoint do so.
         """
-        if not datagrams:
-            return
+        for index, datagram in enumerate(datagrams):
+            if not self._try_send(datagram, address):
+                await self._send_waiting(datagrams[index:], address)
+                return
+
+    def _try_send(self, datagram: bytes, address: Any) -> bool:
+        """Send one datagram if the kernel takes it now.
+
+        Returns False, having done nothing, when it has to wait: there is no
+        kernel-socket twin, the socket's buffer is full, or other sends are
+        already waiting (which would be overtaken).
+        """
         raw = self._raw
-        if raw is not None and not self._send_lock.locked():
-            for index, datagram in enumerate(datagrams):
-                try:
-                    raw.sendto(datagram, address)
-                except BlockingIOError:
-                    # The kernel buffer is full: wait for it the Trio way.
-                    await self._send_waiting(datagrams[index:], address)
-                    return
-                except OSError as exc:
-                    self._counters.socket_errors += 1
-                    if exc.errno == errno.EBADF:
-                        return
-                    continue
-                self._counters.datagrams_out += 1
-                self._counters.bytes_out += len(datagram)
-            return
-        await self._send_waiting(datagrams, address)
+        if raw is None or self._send_waiters:
+            return False
+        counters = self._counters
+        try:
+            raw.sendto(datagram, address)
+        except BlockingIOError:
+            return False
+        except OSError:
+            # ENOBUFS, ICMP errors, EMSGSIZE concern this datagram only;
+            # EBADF means the endpoint is closing.
+            counters.socket_errors += 1
+            return True
+        counters.datagrams_out += 1
+        counters.bytes_out += len(datagram)
+        return True
 
     async def _send_waiting(self, datagrams: list[bytes], address: Any) -> None:
         counters = self._counters
         lock = self._send_lock
         # A trio socket refuses two tasks waiting to write at once, so sends
         # that may wait are serialised.
+        self._send_waiters += 1
         try:
-            lock.acquire_nowait()
-        except trio.WouldBlock:
             await lock.acquire()
-        try:
-            for datagram in datagrams:
-                try:
-                    await self._sock.sendto(datagram, address)
-                except OSError as exc:
-                    counters.socket_errors += 1
-                    if exc.errno == errno.EBADF:
-                        return  # the socket is closed: the endpoint is ending
-                    # Anything else (ENOBUFS, ICMP errors, EMSGSIZE) concerns
-                    # this datagram only.
-                    continue
-                except (trio.ClosedResourceError, trio.BusyResourceError):
-                    counters.socket_errors += 1
-                    return
-                counters.datagrams_out += 1
-                counters.bytes_out += len(datagram)
+            try:
+                for datagram in datagrams:
+                    try:
+                        await self._sock.sendto(datagram, address)
+                    except OSError as exc:
+                        counters.socket_errors += 1
+                        if exc.errno == errno.EBADF:
+                            return  # the socket is closed: the endpoint is ending
+                        # Anything else (ENOBUFS, ICMP errors, EMSGSIZE)
+                        # concerns this datagram only.
+                        continue
+                    except (trio.ClosedResourceError, trio.BusyResourceError):
+                        counters.socket_errors += 1
+                        return
+                    counters.datagrams_out += 1
+                    counters.bytes_out += len(datagram)
+            finally:
+                lock.release()
         finally:
-            lock.release()
+            self._send_waiters -= 1
 
     async def _receive_loop(self) -> None:
         if self._raw is None:
