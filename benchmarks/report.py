@@ -12,7 +12,7 @@ from typing import Any, TextIO
 
 # Ratio columns, in print order: a row's median divided by the median of the
 # row named in ``Row.refs`` under the same column.
-RATIO_COLUMNS = ("raw_udp", "trio_dtls", "engine")
+RATIO_COLUMNS = ("raw_udp", "udp_tasks", "trio_dtls", "engine")
 
 
 @dataclasses.dataclass

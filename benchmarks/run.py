@@ -83,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
         )
 
     scenarios.engine_speed(bench, "before the servers")
-    servers = scenarios.start_servers(bench, bench.available())
+    servers = scenarios.start_servers(bench, bench.available(scenarios.ECHO_ORDER))
     try:
         scenarios.shared_server_scenarios(bench, servers)
     finally:

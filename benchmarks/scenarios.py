@@ -33,6 +33,8 @@ REAPING = "5. idle reaping (dtlsmux only)"
 ENGINE = "engine"
 OURS = "dtlsmux"
 ORDER = ("raw_udp", "trio_dtls", OURS)
+# The echo scenario also runs plain UDP in the library's shape (see targets).
+ECHO_ORDER = ("raw_udp", "udp_tasks", "trio_dtls", OURS)
 
 _START = time.perf_counter()
 
@@ -131,7 +133,7 @@ class Bench:
         self.unavailable: dict[str, str] = {}
         # idle peers established per second by the lightweight client, per target
         self.establish_rate: dict[str, float] = {}
-        for name in ORDER:
+        for name in ECHO_ORDER:
             target = TARGETS[name]()
             try:
                 target.check()
@@ -314,9 +316,11 @@ def _echo_refs(name: str, case: str, size: int) -> dict[str, tuple[str, str]]:
     refs: dict[str, tuple[str, str]] = {}
     if name != "raw_udp":
         refs["raw_udp"] = (case, "raw_udp")
+    if name in ("trio_dtls", OURS):
         refs["engine"] = (engine_case(size), ENGINE)
     if name == OURS:
         refs["trio_dtls"] = (case, "trio_dtls")
+        refs["udp_tasks"] = (case, "udp_tasks")
     return refs
 
 
@@ -334,11 +338,11 @@ def _note_cpu(row: Row, uses: list[load.CpuUse]) -> None:
 
 def echo_scenario(bench: Bench, servers: dict[str, ServerProcess]) -> None:
     s = bench.settings
-    bench.skip_unavailable(ECHO, ORDER)
+    bench.skip_unavailable(ECHO, ECHO_ORDER)
     most_peers = max(s.echo_peers)
     with contextlib.ExitStack() as stack:
         peer_sets: dict[str, load.PeerSet] = {}
-        for name in bench.available():
+        for name in bench.available(ECHO_ORDER):
             if name not in servers:
                 continue
             server = servers[name]
@@ -365,36 +369,50 @@ def echo_scenario(bench: Bench, servers: dict[str, ServerProcess]) -> None:
                 f"in {peers.connect_seconds:.2f} s"
             )
 
-        # Targets take turns case by case; within a case, a target's
-        # repetitions are consecutive samples of one steady run.
+        # Within a case the targets take turns sample by sample (raw, trio,
+        # ours, raw, ...), so that the machine's drift over a case, which
+        # is large on a shared machine, falls on every target alike.
         cases = itertools.product(s.echo_peers, s.echo_sizes, s.echo_windows)
         for peer_count, size, window in cases:
             case = echo_case(peer_count, size, window)
-            for name in list(peer_sets):
-                clients = peer_sets[name].peers[:peer_count]
+            rows: dict[str, Row] = {}
+            results: dict[str, list[load.EchoResult]] = {}
+            for name in peer_sets:
                 refs = _echo_refs(name, case, size)
-                row = bench.report.add(Row(ECHO, case, name, "rt/s", refs=refs))
-                try:
-                    servers[name].check_alive()
-                    result = load.echo_run(
-                        clients,
-                        size,
-                        window,
-                        samples=s.repetitions,
-                        sample_seconds=s.echo_seconds,
-                        server_pid=servers[name].pid,
+                rows[name] = bench.report.add(Row(ECHO, case, name, "rt/s", refs=refs))
+                results[name] = []
+            for _ in range(s.repetitions):
+                for name in list(results):
+                    if name not in peer_sets:
+                        continue
+                    clients = peer_sets[name].peers[:peer_count]
+                    try:
+                        servers[name].check_alive()
+                        result = load.echo_run(
+                            clients,
+                            size,
+                            window,
+                            samples=1,
+                            sample_seconds=s.echo_seconds,
+                            server_pid=servers[name].pid,
+                        )
+                    except Exception as exc:
+                        rows[name].note = f"unavailable: {describe(exc)}"
+                        log(f"echo: {name} failed: {describe(exc)}")
+                        del peer_sets[name]
+                        continue
+                    results[name].append(result)
+                    rows[name].raw.append(
+                        dataclasses.asdict(result) | {"peers": len(clients)}
                     )
-                except Exception as exc:
-                    row.note = f"unavailable: {describe(exc)}"
-                    log(f"echo: {name} failed: {describe(exc)}")
-                    del peer_sets[name]
-                    continue
-                if result.round_trips == 0:
-                    row.note = "unavailable: no echo came back"
+            for name, row in rows.items():
+                done = [r for r in results[name] if r.round_trips]
+                if not done:
+                    if not row.note:
+                        row.note = "unavailable: no echo came back"
                 else:
-                    row.samples = result.rates
-                    _note_cpu(row, [result.cpu])
-                row.raw.append(dataclasses.asdict(result) | {"peers": len(clients)})
+                    row.samples = [rate for r in done for rate in r.rates]
+                    _note_cpu(row, [r.cpu for r in done])
                 _annotate_echo(row, peer_count)
                 _log_row(row)
 
@@ -402,15 +420,15 @@ def echo_scenario(bench: Bench, servers: dict[str, ServerProcess]) -> None:
 def _annotate_echo(row: Row, wanted_peers: int) -> None:
     if not row.raw:
         return
-    raw = row.raw[0]
+    peers = row.raw[0]["peers"]
+    timeouts = sum(raw["timeouts"] for raw in row.raw)
     notes = [row.note] if row.note else []
-    if raw["peers"] < wanted_peers:
-        notes.append(f"only {raw['peers']} of {wanted_peers} peers")
-    if raw["timeouts"]:
-        notes.append(
-            f"{raw['timeouts']} reply timeouts, "
-            f"{raw['round_trips']:,}/{raw['sent']:,} answered"
-        )
+    if peers < wanted_peers:
+        notes.append(f"only {peers} of {wanted_peers} peers")
+    if timeouts:
+        answered = sum(raw["round_trips"] for raw in row.raw)
+        sent = sum(raw["sent"] for raw in row.raw)
+        notes.append(f"{timeouts} reply timeouts, {answered:,}/{sent:,} answered")
     row.note = "; ".join(notes)
 
 
@@ -420,36 +438,51 @@ def handshake_scenario(bench: Bench, servers: dict[str, ServerProcess]) -> None:
     bench.skip_unavailable(HANDSHAKES, (n for n in ORDER if bench.targets[n].secure))
     for concurrency in s.handshake_concurrency:
         case = "sequential" if concurrency == 1 else f"{concurrency} concurrent"
+        rows: dict[str, Row] = {}
+        results: dict[str, list[load.HandshakeResult]] = {}
         for name in names:
             refs = {"engine": (ENGINE_HANDSHAKE_CASE, ENGINE)}
             if name == OURS:
                 refs["trio_dtls"] = (case, "trio_dtls")
-            row = bench.report.add(Row(HANDSHAKES, case, name, "hs/s", refs=refs))
-            server = servers[name]
-            try:
-                server.check_alive()
-                result = load.handshake_run(
-                    server.address,
-                    concurrency,
-                    samples=s.repetitions,
-                    sample_seconds=s.handshake_seconds,
-                    server_pid=server.pid,
-                )
-            except Exception as exc:
-                row.note = f"unavailable: {describe(exc)}"
-                log(f"handshakes: {name} failed: {describe(exc)}")
-                continue
-            row.raw.append(dataclasses.asdict(result))
-            if result.completed == 0:
-                reason = result.errors[0] if result.errors else "no handshake completed"
+            rows[name] = bench.report.add(Row(HANDSHAKES, case, name, "hs/s", refs=refs))
+            results[name] = []
+        # The targets take turns sample by sample, as in the echo scenario.
+        for _ in range(s.repetitions):
+            for name in names:
+                if rows[name].note.startswith("unavailable"):
+                    continue
+                server = servers[name]
+                try:
+                    server.check_alive()
+                    result = load.handshake_run(
+                        server.address,
+                        concurrency,
+                        samples=1,
+                        sample_seconds=s.handshake_seconds,
+                        server_pid=server.pid,
+                    )
+                except Exception as exc:
+                    rows[name].note = f"unavailable: {describe(exc)}"
+                    log(f"handshakes: {name} failed: {describe(exc)}")
+                    continue
+                rows[name].raw.append(dataclasses.asdict(result))
+                results[name].append(result)
+        for name, row in rows.items():
+            done = [r for r in results[name] if r.completed]
+            failed = sum(r.failed for r in results[name])
+            errors = [e for r in results[name] for e in r.errors]
+            if row.note.startswith("unavailable"):
+                pass
+            elif not done:
+                reason = errors[0] if errors else "no handshake completed"
                 row.note = f"unavailable: {reason}"
             else:
-                row.samples = result.rates
-                _note_cpu(row, [result.cpu])
-                if result.failed:
-                    row.note = f"{result.failed} failed"
-                    if result.errors:
-                        row.note += f" ({result.errors[0]})"
+                row.samples = [rate for r in done for rate in r.rates]
+                _note_cpu(row, [r.cpu for r in done])
+                if failed:
+                    row.note = f"{failed} failed"
+                    if errors:
+                        row.note += f" ({errors[0]})"
             _log_row(row)
 
 

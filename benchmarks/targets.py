@@ -8,6 +8,9 @@ every target gets exactly the same traffic from the same cheap client.
 
 * ``raw_udp``: plain Trio UDP echo, no crypto. The ceiling for any DTLS server
   written with Trio on this machine.
+* ``udp_tasks``: plain UDP echo in trio_dtlsmux's shape, no crypto: a
+  receive task hands each datagram through a memory channel to one task per
+  peer, which sends the reply. What that shape costs in Trio by itself.
 * ``trio_dtls``: a ``trio.DTLSEndpoint`` server. The incumbent.
 * ``dtlsmux``: a ``trio_dtlsmux.DtlsEndpoint`` server. The library under
   test; it reports :class:`Unavailable` if it cannot be imported.
@@ -206,6 +209,50 @@ class RawUdp(Target):
         return _PlainServer(counters=_Counters())
 
 
+# ---------------------------------------------------- UDP in the library's shape
+
+
+class UdpTasks(Target):
+    name = "udp_tasks"
+    description = "plain UDP echo through a receive task and one task per peer"
+    secure = False
+
+    async def start_server(
+        self,
+        nursery: trio.Nursery,
+        sock: trio.socket.SocketType,
+        config: ServerConfig,
+    ) -> EchoServer:
+        counters = _Counters()
+        inboxes: dict[Any, trio.MemorySendChannel[bytes]] = {}
+
+        async def peer(address: Any, inbox: trio.MemoryReceiveChannel[bytes]) -> None:
+            async for data in inbox:
+                try:
+                    await sock.sendto(data, address)
+                except trio.BusyResourceError:
+                    # Another peer's task is waiting for buffer space.
+                    counters.handler_errors += 1
+
+        async def loop() -> None:
+            with sock:
+                while True:
+                    data, address = await sock.recvfrom(65536)
+                    inbox = inboxes.get(address)
+                    if inbox is None:
+                        inbox, receive = trio.open_memory_channel[bytes](64)
+                        inboxes[address] = inbox
+                        counters.handlers += 1
+                        nursery.start_soon(peer, address, receive)
+                    try:
+                        inbox.send_nowait(data)
+                    except trio.WouldBlock:
+                        counters.handler_errors += 1
+
+        nursery.start_soon(loop)
+        return _PlainServer(counters=counters)
+
+
 # ------------------------------------------------------------ trio.DTLSEndpoint
 
 
@@ -328,7 +375,7 @@ class DtlsMux(Target):
 
 
 TARGETS: dict[str, type[Target]] = {
-    cls.name: cls for cls in (RawUdp, TrioDtls, DtlsMux)
+    cls.name: cls for cls in (RawUdp, UdpTasks, TrioDtls, DtlsMux)
 }
 
 
