@@ -19,8 +19,12 @@ and OpenSSL cannot tell peers apart; OpenSSL only sees memory BIOs.
   the task looks at the last activity and either reaps the peer or sleeps
   again. A datagram costs one attribute write, a reap costs one heap pop, and
   nothing ever scans all peers (this answers the design note's open TODO).
-* Sends from every task go through one lock, because a trio socket refuses
-  two tasks waiting to write at once.
+* On a real socket the endpoint also keeps a non-blocking twin of it (a
+  duplicated descriptor): the receive task drains whatever the kernel has
+  queued after each wake-up, and sends go straight to the kernel when it
+  has room. Only a send that must wait goes through Trio's socket, behind
+  one lock (a trio socket refuses two tasks waiting to write at once), and
+  while one waits, later sends queue behind it rather than overtake it.
 
 All protocol decisions are in :mod:`._association`; this module moves bytes
 and applies the deadlines it is given.
