@@ -622,7 +622,10 @@ class DtlsEndpoint:
         # that may wait are serialised.
         self._send_waiters += 1
         try:
-            await lock.acquire()
+            try:
+                lock.acquire_nowait()
+            except trio.WouldBlock:
+                await lock.acquire()
             try:
                 for datagram in datagrams:
                     try:
