@@ -1,13 +1,17 @@
 """Reaping cost per peer, in one process, on Trio's virtual clock.
 
 ``count`` clients connect to one server endpoint over the in-memory
-:class:`trio_dtlsmux.testing.FakeNetwork`. The clock does not move while
-they do, so every server-side peer's last datagram, and so its idle
-deadline, falls on the same virtual instant. The clock is then jumped past
-that instant and the server process's CPU time is taken until the last
-handler has seen its peer time out: the cost of reaping, per peer, with no
-network, no load generator and no machine wake-up latency in it. Run in a
-fresh process (``benchmarks.engine.run_isolated``).
+:class:`trio_dtlsmux.testing.FakeNetwork`, and the process's CPU time is
+taken from just before the first idle deadline until the last handler has
+seen its peer time out: the cost of reaping, per peer, with no network, no
+load generator and no machine wake-up latency in it. Run in a fresh process
+(``benchmarks.engine.run_isolated``).
+
+``spread=True``: the virtual clock moves 1 ms between connections, so the
+deadlines come one at a time, as they do when peers go quiet at different
+moments; the clock then jumps from deadline to deadline. ``spread=False``:
+the clock stands still while they connect, so every deadline falls on one
+instant and all peers are reaped in one burst.
 """
 
 from __future__ import annotations
@@ -26,13 +30,15 @@ _IDLE_TIMEOUT = 60.0
 _SERVER = ("10.0.0.1", 4433)
 
 
-def measure_reap_cost(count: int) -> dict[str, float]:
-    """CPU seconds per reaped peer, reaping ``count`` peers at one instant."""
+def measure_reap_cost(count: int, spread: bool = True) -> dict[str, float]:
+    """CPU seconds per reaped peer, reaping ``count`` peers."""
     clock = trio.testing.MockClock()
-    return trio.run(_reap, count, clock, clock=clock)
+    return trio.run(_reap, count, spread, clock, clock=clock)
 
 
-async def _reap(count: int, clock: trio.testing.MockClock) -> dict[str, float]:
+async def _reap(
+    count: int, spread: bool, clock: trio.testing.MockClock
+) -> dict[str, float]:
     identity = trio_dtlsmux.self_signed()
     server_ctx = trio_dtlsmux.server_context(identity)
     client_ctx = trio_dtlsmux.client_context(fingerprint=identity.fingerprint)
@@ -67,6 +73,8 @@ async def _reap(count: int, clock: trio.testing.MockClock) -> dict[str, float]:
                     trio_dtlsmux.DtlsEndpoint(sock)
                 )
                 await client.connect(_SERVER, client_ctx)
+                if spread:
+                    clock.jump(0.001)
             while live[0] < count:
                 await trio.lowlevel.checkpoint()
             started_at = trio.current_time()
@@ -74,7 +82,10 @@ async def _reap(count: int, clock: trio.testing.MockClock) -> dict[str, float]:
                 raise RuntimeError("not every peer was established")
             gc.collect()
             cpu_before = time.process_time()
-            clock.jump(_IDLE_TIMEOUT + 1.0)
+            if spread:
+                clock.autojump_threshold = 0
+            else:
+                clock.jump(_IDLE_TIMEOUT + 1.0)
             await all_ended.wait()
             cpu = time.process_time() - cpu_before
             stats = server.statistics()
@@ -82,7 +93,12 @@ async def _reap(count: int, clock: trio.testing.MockClock) -> dict[str, float]:
                 raise RuntimeError(
                     f"{stats.peers_reaped} of {count} reaped, {stats.peers} left"
                 )
-            if trio.current_time() - started_at > _IDLE_TIMEOUT + 2.0:
-                raise RuntimeError("reaping waited for virtual time to pass")
+            if trio.current_time() - started_at > _IDLE_TIMEOUT + 0.001 * count + 2.0:
+                raise RuntimeError("reaping came later than the idle deadlines")
         nursery.cancel_scope.cancel()
-    return {"peers": count, "cpu_seconds": cpu, "cpu_per_peer": cpu / count}
+    return {
+        "peers": count,
+        "spread": spread,
+        "cpu_seconds": cpu,
+        "cpu_per_peer": cpu / count,
+    }
