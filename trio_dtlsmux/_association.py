@@ -611,7 +611,7 @@ class Association:
         counters.last_datagram_at = now
         counters.messages_in += 1
         if self._flight:
-            self._flight = []
+            self._flight = []  # our final flight arrived (see below)
         return [], [message]
 
     def _receive_established(
