@@ -42,3 +42,13 @@ async def fake_socket(net: object, host: str, port: int = 0) -> object:
     sock = net.socket()
     await sock.bind((host, port))
     return sock
+
+
+def drain_bio(conn: SSL.Connection) -> list[bytes]:
+    """Everything a memory-BIO ``SSL.Connection`` has written, one chunk a read."""
+    out = []
+    while True:
+        try:
+            out.append(conn.bio_read(65536))
+        except SSL.WantReadError:
+            return out

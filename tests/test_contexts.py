@@ -38,6 +38,8 @@ from trio_dtlsmux.contexts import (
     server_context,
 )
 
+from .conftest import drain_bio
+
 NOW = datetime.datetime.now(datetime.timezone.utc)
 DAY = datetime.timedelta(days=1)
 PASSWORD = "correct horse"
@@ -248,15 +250,6 @@ class Outcome:
         return self.client_error is None and self.server_error is None
 
 
-def _drain(conn: SSL.Connection) -> list[bytes]:
-    out = []
-    while True:
-        try:
-            out.append(conn.bio_read(65536))
-        except SSL.WantReadError:
-            return out
-
-
 def handshake(
     client_ctx: SSL.Context,
     server_ctx: SSL.Context,
@@ -287,7 +280,7 @@ def handshake(
                     pass
                 except SSL.Error as exc:
                     errors[index] = exc
-            for datagram in _drain(conn):
+            for datagram in drain_bio(conn):
                 sides[1 - index].bio_write(datagram)
                 moved = True
         if all(done) or not moved:

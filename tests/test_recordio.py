@@ -14,16 +14,9 @@ import trio_dtlsmux
 from trio_dtlsmux import SelfSigned, _recordio
 from trio_dtlsmux._recordio import FastRecordIO, PublicRecordIO, RecordIO
 
+from .conftest import drain_bio
+
 PATHS = [FastRecordIO, PublicRecordIO]
-
-
-def _drain(conn: SSL.Connection) -> list[bytes]:
-    out = []
-    while True:
-        try:
-            out.append(conn.bio_read(65536))
-        except SSL.WantReadError:
-            return out
 
 
 def _step(conn: SSL.Connection) -> None:
@@ -49,7 +42,7 @@ class Pair:
         for _ in range(10):
             for source, sink in ((self.client, self.server), (self.server, self.client)):
                 _step(source)
-                for datagram in _drain(source):
+                for datagram in drain_bio(source):
                     sink.bio_write(datagram)
         assert self.server.get_protocol_version_name() == "DTLSv1.2"
         self.client_io = path(self.client)  # type: ignore[call-arg]
@@ -97,7 +90,7 @@ def test_a_replayed_or_corrupted_record_is_dropped(pair: Pair) -> None:
 
 def test_close_notify_is_zero_return(pair: Pair) -> None:
     assert pair.client.shutdown() is False  # sent; the reply not yet seen
-    [goodbye] = _drain(pair.client)
+    [goodbye] = drain_bio(pair.client)
     with pytest.raises(SSL.ZeroReturnError):
         pair.server_io.open(goodbye)
 
@@ -107,13 +100,13 @@ def test_a_fatal_alert_raises_what_pyopenssl_raises(pair: Pair) -> None:
     # and the client answers that with a fatal handshake_failure alert.
     pair.client.renegotiate()
     _step(pair.client)
-    [hello] = _drain(pair.client)
+    [hello] = drain_bio(pair.client)
     assert pair.server_io.open(hello) is None
-    for datagram in _drain(pair.server):
+    for datagram in drain_bio(pair.server):
         pair.client.bio_write(datagram)
     with pytest.raises(SSL.Error):
         pair.client.do_handshake()
-    [alert] = _drain(pair.client)
+    [alert] = drain_bio(pair.client)
     assert alert[0] == 21  # an (encrypted) alert record
     with pytest.raises(SSL.Error, match="alert handshake failure") as info:
         pair.server_io.open(alert)
@@ -122,6 +115,6 @@ def test_a_fatal_alert_raises_what_pyopenssl_raises(pair: Pair) -> None:
 
 def test_seal_after_our_own_shutdown_raises(pair: Pair) -> None:
     assert pair.server.shutdown() is False
-    _drain(pair.server)
+    drain_bio(pair.server)
     with pytest.raises(SSL.Error):
         pair.server_io.seal(b"too late", 1401)
