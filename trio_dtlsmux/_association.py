@@ -594,25 +594,38 @@ class Association:
     def _receive_application_record(
         self, io: RecordIO, record: bytes, now: float
     ) -> tuple[list[bytes], list[bytes]]:
+        message = self._open_record(io, record)
+        if message is not None or not self.live:
+            self.counters.last_datagram_at = now
+        return [], [] if message is None else [message]
+
+    def _open_record(self, io: RecordIO, record: bytes) -> bytes | None:
+        """Decrypt one application-data or alert record of the peer's.
+
+        Returns the message, or None: the record was dropped (counted), or
+        it ended the connection (close_notify or a fatal alert; the state
+        says which).
+        """
         try:
             message = io.open(record)
         except SSL.ZeroReturnError:
             self._peer_closed()
-            self.counters.last_datagram_at = now
-            return [], []
+            return None
         except SSL.Error as exc:
             self._broken(exc)
-            self.counters.last_datagram_at = now
-            return [], []
-        counters = self.counters
+            return None
         if message is None:
-            counters.records_rejected += 1
-            return [], []
-        counters.last_datagram_at = now
-        counters.messages_in += 1
+            # OpenSSL dropped it: bad MAC, replay, or (rarely) a warning
+            # alert that needs no action. A forged alert must be counted
+            # like forged data, so both are.
+            self.counters.records_rejected += 1
+            return None
+        self.counters.messages_in += 1
         if self._flight:
-            self._flight = []  # our final flight arrived (see below)
-        return [], [message]
+            # The peer's application data proves our final flight arrived;
+            # it need not be kept any longer.
+            self._flight = []
+        return message
 
     def _receive_established(
         self, records: list[tuple[int, int, bytes]], now: float
@@ -625,29 +638,13 @@ class Association:
         valid = False
         for content_type, _epoch, raw in records:
             if content_type == rec.APPLICATION_DATA or content_type == rec.ALERT:
-                try:
-                    message = io.open(raw)
-                except SSL.ZeroReturnError:
-                    self._peer_closed()
+                message = self._open_record(io, raw)
+                if message is not None:
+                    messages.append(message)
+                    valid = True
+                elif not self.live:
                     valid = True
                     break
-                except SSL.Error as exc:
-                    self._broken(exc)
-                    valid = True
-                    break
-                if message is None:
-                    # OpenSSL dropped it: bad MAC, replay, or (rarely) a
-                    # warning alert that needs no action. A forged alert must
-                    # be counted like forged data, so both are.
-                    counters.records_rejected += 1
-                    continue
-                messages.append(message)
-                valid = True
-                counters.messages_in += 1
-                if self._flight:
-                    # The peer's application data proves our final flight
-                    # arrived; it need not be kept any longer.
-                    self._flight = []
             elif content_type in (rec.HANDSHAKE, rec.CHANGE_CIPHER_SPEC):
                 # The peer repeats its last flight: ours was lost. Resend it,
                 # once per burst (its flight may span several datagrams).
