@@ -130,7 +130,12 @@ def measure_speed(
             _rate(lambda p=payload: pair.round_trip(p), duration)
             for _ in range(repetitions)
         ]
-        pair.direct_round_trip(payload)
+        try:
+            pair.direct_round_trip(payload)
+        except ImportError:
+            # The direct rows need trio_dtlsmux; the baseline rows above do
+            # not, and must not fail with it.
+            continue
         results[f"direct_round_trips_per_s_{size}"] = [
             _rate(lambda p=payload: pair.direct_round_trip(p), duration)
             for _ in range(repetitions)

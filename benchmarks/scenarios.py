@@ -240,6 +240,9 @@ def engine_speed(bench: Bench, when: str) -> None:
             row.note = f"{when}: unavailable: {describe(speed)}"
             log(f"{scenario}: {ENGINE} {row.note}")
             continue
+        if key not in speed:
+            row.note = f"{when}: unavailable: trio_dtlsmux cannot be imported"
+            continue
         row.samples += speed[key]
         row.raw.append({"when": when, "samples": speed[key]})
         _log_row(row)
