@@ -71,6 +71,8 @@ class Settings:
     memory_peers: tuple[int, ...]
     engine_memory_pairs: int
     reap_peers: tuple[int, int]
+    # Peers of the in-process reaping cost (connecting them takes ~6 ms each).
+    reap_cost_peers: tuple[int, int]
     echo_sizes: tuple[int, ...] = (100, 1200)
     echo_peers: tuple[int, ...] = (1, 100)
     echo_windows: tuple[int, ...] = (1, 32)
@@ -100,9 +102,10 @@ class Settings:
                 memory_peers=(1000,),
                 engine_memory_pairs=500,
                 reap_peers=(200, 1000),
+                reap_cost_peers=(100, 300),
                 max_idle_timeout=3.0,
                 establish_timeout=5.0,
-                budget=55.0,
+                budget=58.0,
                 connect_timeout=10.0,
             )
         return cls(
@@ -115,6 +118,7 @@ class Settings:
             memory_peers=(1000, 10000),
             engine_memory_pairs=2000,
             reap_peers=(1000, 10000),
+            reap_cost_peers=(1000, 10000),
         )
 
 
@@ -719,7 +723,7 @@ def reaping_scenario(bench: Bench) -> None:
                     )
                 )
             )
-    _reap_cost_rows(bench, small, big)
+    _reap_cost_rows(bench, *s.reap_cost_peers)
     if small in results and big in results and results[small].mean_lag > 0:
         ratio = results[big].mean_lag / results[small].mean_lag
         _log_row(
@@ -750,7 +754,7 @@ def _reap_cost_rows(bench: Bench, small: int, big: int) -> None:
             case = f"{count:,} peers: CPU per reaped peer, {label}"
             # Connecting the peers in process takes about 6 ms each.
             timeout = 60.0 + 0.03 * count
-            if bench.time_left() < 0.01 * count + 5:
+            if bench.time_left() < 0.008 * count + 2:
                 bench.skip(
                     REAPING, case, OURS, "time budget", status="skipped (time budget)"
                 )
