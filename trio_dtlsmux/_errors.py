@@ -20,17 +20,40 @@ association turns them into these classes with a readable reason.
 
 from __future__ import annotations
 
+import enum
+
 import trio
 
 __all__ = [
     "ConnectionLost",
     "ConnectionTimedOut",
     "HandshakeError",
+    "HandshakeFailure",
     "HandshakeTimeout",
     "PeerAlert",
     "PeerClosed",
     "PeerRestarted",
 ]
+
+
+class HandshakeFailure(str, enum.Enum):
+    """Why a handshake failed: :attr:`HandshakeError.kind`, and the keys of
+    :attr:`EndpointStatistics.handshakes_failed <trio_dtlsmux.EndpointStatistics>`
+    (by their ``value``).
+
+    The members are strings too, so ``error.kind == "timeout"`` works.
+    """
+
+    #: ``handshake_timeout`` passed before the handshake finished.
+    TIMEOUT = "timeout"
+    #: The peer sent a fatal alert.
+    ALERT = "alert"
+    #: The peer's certificate (or its absence) failed our checks.
+    VERIFICATION = "verification"
+    #: Anything else that OpenSSL refused: a malformed or unacceptable message.
+    PROTOCOL = "protocol"
+    #: We gave up: ``connect`` was cancelled, or the endpoint closed.
+    ABORTED = "aborted"
 
 
 class HandshakeError(trio.BrokenResourceError):
@@ -40,17 +63,36 @@ class HandshakeError(trio.BrokenResourceError):
       reason (str): one line saying what failed, for example
         ``"certificate verification failed: ..."`` or
         ``"peer sent fatal alert: handshake failure"``.
+      kind (HandshakeFailure): the kind of failure, as the endpoint's
+        statistics count it.
       alert (str | None): the alert the peer sent, if that is what ended it.
+      peer_address: the peer's normalised socket address, or ``None`` when
+        the error is not about one peer.
     """
 
-    def __init__(self, reason: str, *, alert: str | None = None) -> None:
+    def __init__(
+        self,
+        reason: str,
+        *,
+        kind: HandshakeFailure = HandshakeFailure.PROTOCOL,
+        alert: str | None = None,
+        peer_address: object = None,
+    ) -> None:
         super().__init__(reason)
         self.reason = reason
+        self.kind = kind
         self.alert = alert
+        self.peer_address = peer_address
 
 
 class HandshakeTimeout(HandshakeError):
-    """The handshake did not finish within ``handshake_timeout`` seconds."""
+    """The handshake did not finish within ``handshake_timeout`` seconds
+    (its :attr:`~HandshakeError.kind` is :attr:`HandshakeFailure.TIMEOUT`)."""
+
+    def __init__(self, reason: str, *, peer_address: object = None) -> None:
+        super().__init__(
+            reason, kind=HandshakeFailure.TIMEOUT, peer_address=peer_address
+        )
 
 
 class ConnectionLost(trio.BrokenResourceError):
@@ -92,3 +134,20 @@ class PeerAlert(ConnectionLost):
     ) -> None:
         super().__init__(message, peer_address=peer_address)
         self.alert = alert
+
+
+def openssl_reason(exc: BaseException) -> str:
+    """OpenSSL's error queue (as pyOpenSSL reports it) as one readable line.
+
+    pyOpenSSL raises ``SSL.Error([(library, function, reason), ...])``; the
+    reasons are what a person wants to read. Anything else is shown as is.
+    """
+    args = getattr(exc, "args", ())
+    if args and isinstance(args[0], list) and args[0]:
+        return "; ".join(
+            str(item[-1]) if isinstance(item, tuple) and item else str(item)
+            for item in args[0]
+        )
+    if args:
+        return " ".join(str(arg) for arg in args)
+    return type(exc).__name__

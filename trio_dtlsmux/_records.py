@@ -50,7 +50,23 @@ HANDSHAKE_HEADER_SIZE: Final = 12
 DTLS1_0_VERSION: Final = 0xFEFF
 DTLS1_2_VERSION: Final = 0xFEFD
 
+# What a record adds to its plaintext, besides the header: an 8-byte explicit
+# nonce and a 16-byte tag for AES-GCM and AES-CCM, a 16-byte tag for
+# ChaCha20-Poly1305, and at most IV + MAC + padding (16 + 48 + 16) for the CBC
+# suites a hand-built context may allow.
+AEAD_OVERHEAD: Final = 24
+CHACHA20_OVERHEAD: Final = 16
+CBC_OVERHEAD: Final = 80
+#: The most a record of any suite adds to a message, header included.
+MAX_RECORD_OVERHEAD: Final = RECORD_HEADER_SIZE + CBC_OVERHEAD
+#: The largest plaintext one record may carry (RFC 5246, 6.2.1).
+MAX_PLAINTEXT: Final = 1 << 14
+
 _MAX_SEQ: Final = (1 << 48) - 1
+
+_HANDSHAKE_BYTE: Final = bytes([HANDSHAKE])
+_APPLICATION_DATA_BYTE: Final = bytes([APPLICATION_DATA])
+_EPOCH_0: Final = b"\x00\x00"
 
 _record_header = struct.Struct("!BHHHIH")  # type, version, epoch, seq(hi16, lo32), length
 _handshake_header = struct.Struct("!B3sH3s3s")
@@ -106,6 +122,35 @@ class ClientHello:
     random: bytes
     cookie: bytes
     cookie_input: bytes
+
+
+def is_dtls(data: bytes) -> bool:
+    """Whether a datagram's first byte is in DTLS's range (RFC 7983: 20-63)."""
+    return bool(data) and 20 <= data[0] <= 63
+
+
+def starts_with_handshake(data: bytes) -> bool:
+    """Whether a datagram opens with a handshake record (any epoch)."""
+    return data[:1] == _HANDSHAKE_BYTE
+
+
+def may_be_client_hello(data: bytes) -> bool:
+    """A cheap look: does the datagram open with an epoch-0 handshake record
+    whose first message is a ClientHello? Parse it to be sure."""
+    return (
+        data[:1] == _HANDSHAKE_BYTE
+        and data[3:5] == _EPOCH_0
+        and len(data) > RECORD_HEADER_SIZE
+        and data[RECORD_HEADER_SIZE] == HS_CLIENT_HELLO
+    )
+
+
+def is_single_application_record(data: bytes) -> bool:
+    """Whether the datagram is exactly one application-data record: the data
+    path's common case, checked without building anything."""
+    return data[:1] == _APPLICATION_DATA_BYTE and len(data) == (
+        RECORD_HEADER_SIZE + int.from_bytes(data[11:13], "big")
+    )
 
 
 def encode_record(
