@@ -238,3 +238,4 @@ async def test_oversized_message_is_refused_without_breaking_the_connection(
                 await conn.send(b"x" * 16385)
             await conn.send(b"x" * 16384)
             assert await theirs.receive() == b"x" * 16384
+

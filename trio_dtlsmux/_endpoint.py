@@ -304,7 +304,7 @@ class DtlsEndpoint:
     def statistics(self) -> EndpointStatistics:
         """A frozen snapshot of the endpoint's counters."""
         return self._counters.snapshot(
-            peers=len(self._peers), handshaking=self._handshaking
+            peers=len(self._peers), handshakes_in_progress=self._handshaking
         )
 
     async def accept(self) -> DtlsConnection:

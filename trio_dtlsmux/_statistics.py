@@ -9,13 +9,33 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from types import MappingProxyType
+from typing import Any
 
 import attrs
 
 
+def _plain(value: Any) -> Any:
+    return dict(value) if isinstance(value, Mapping) else value
+
+
+class _Snapshot:
+    """What every snapshot offers besides its fields."""
+
+    __slots__ = ()
+
+    def as_dict(self) -> dict[str, Any]:
+        """The snapshot as plain ``dict``/``int``/``float``/``None`` values,
+        ready for ``json.dumps`` or a metrics system."""
+        return {
+            name: _plain(value)
+            for name, value in attrs.asdict(self, recurse=False).items()  # type: ignore[arg-type]
+        }
+
+
 @attrs.frozen(kw_only=True)
-class ConnectionStatistics:
-    """A snapshot of one connection's counters (``conn.statistics()``).
+class ConnectionStatistics(_Snapshot):
+    """A snapshot of one connection's counters (``conn.statistics()``);
+    ``as_dict()`` gives it as plain values for ``json.dumps`` or metrics.
 
     Attributes:
       datagrams_in: datagrams received from the peer and routed here.
@@ -50,8 +70,9 @@ class ConnectionStatistics:
 
 
 @attrs.frozen(kw_only=True)
-class EndpointStatistics:
-    """A snapshot of an endpoint's counters (``endpoint.statistics()``).
+class EndpointStatistics(_Snapshot):
+    """A snapshot of an endpoint's counters (``endpoint.statistics()``);
+    ``as_dict()`` gives it as plain values for ``json.dumps`` or metrics.
 
     Attributes:
       peers: associations now held (established and handshaking).
@@ -101,80 +122,50 @@ class EndpointStatistics:
     socket_errors: int
 
 
+@attrs.define(slots=True)
 class ConnectionCounters:
-    __slots__ = (
-        "bytes_in",
-        "bytes_out",
-        "datagrams_in",
-        "datagrams_out",
-        "established_at",
-        "handshake_retransmissions",
-        "last_datagram_at",
-        "messages_dropped",
-        "messages_in",
-        "messages_out",
-        "records_rejected",
-    )
+    """The live counters behind :class:`ConnectionStatistics` (same fields)."""
 
-    def __init__(self) -> None:
-        self.datagrams_in = 0
-        self.bytes_in = 0
-        self.datagrams_out = 0
-        self.bytes_out = 0
-        self.messages_in = 0
-        self.messages_out = 0
-        self.messages_dropped = 0
-        self.records_rejected = 0
-        self.handshake_retransmissions = 0
-        self.established_at: float | None = None
-        self.last_datagram_at: float | None = None
+    datagrams_in: int = 0
+    bytes_in: int = 0
+    datagrams_out: int = 0
+    bytes_out: int = 0
+    messages_in: int = 0
+    messages_out: int = 0
+    messages_dropped: int = 0
+    records_rejected: int = 0
+    handshake_retransmissions: int = 0
+    established_at: float | None = None
+    last_datagram_at: float | None = None
 
     def snapshot(self) -> ConnectionStatistics:
-        return ConnectionStatistics(
-            **{name: getattr(self, name) for name in self.__slots__}
-        )
+        return ConnectionStatistics(**attrs.asdict(self, recurse=False))
 
 
+@attrs.define(slots=True)
 class EndpointCounters:
-    __slots__ = (
-        "bytes_in",
-        "bytes_out",
-        "cookie_failures",
-        "cookies_sent",
-        "datagrams_in",
-        "datagrams_out",
-        "handshakes_completed",
-        "handshakes_failed",
-        "hellos_dropped_limits",
-        "hellos_dropped_no_server",
-        "junk_dropped",
-        "peers_reaped",
-        "peers_restarted",
-        "socket_errors",
-    )
+    """The live counters behind :class:`EndpointStatistics` (the same
+    fields, less those the endpoint fills in when a snapshot is taken)."""
 
-    def __init__(self) -> None:
-        self.handshakes_completed = 0
-        self.handshakes_failed: dict[str, int] = {}
-        self.cookies_sent = 0
-        self.cookie_failures = 0
-        self.junk_dropped = 0
-        self.peers_reaped = 0
-        self.peers_restarted = 0
-        self.hellos_dropped_limits = 0
-        self.hellos_dropped_no_server = 0
-        self.datagrams_in = 0
-        self.bytes_in = 0
-        self.datagrams_out = 0
-        self.bytes_out = 0
-        self.socket_errors = 0
+    handshakes_completed: int = 0
+    handshakes_failed: dict[str, int] = attrs.field(factory=dict)
+    cookies_sent: int = 0
+    cookie_failures: int = 0
+    junk_dropped: int = 0
+    peers_reaped: int = 0
+    peers_restarted: int = 0
+    hellos_dropped_limits: int = 0
+    hellos_dropped_no_server: int = 0
+    datagrams_in: int = 0
+    bytes_in: int = 0
+    datagrams_out: int = 0
+    bytes_out: int = 0
+    socket_errors: int = 0
 
-    def handshake_failed(self, reason: str) -> None:
-        self.handshakes_failed[reason] = self.handshakes_failed.get(reason, 0) + 1
+    def handshake_failed(self, kind: str) -> None:
+        self.handshakes_failed[kind] = self.handshakes_failed.get(kind, 0) + 1
 
-    def snapshot(self, *, peers: int, handshaking: int) -> EndpointStatistics:
-        values = {name: getattr(self, name) for name in self.__slots__}
+    def snapshot(self, **live: Any) -> EndpointStatistics:
+        values = attrs.asdict(self, recurse=False)
         values["handshakes_failed"] = MappingProxyType(dict(self.handshakes_failed))
-        return EndpointStatistics(
-            peers=peers, handshakes_in_progress=handshaking, **values
-        )
+        return EndpointStatistics(**values, **live)

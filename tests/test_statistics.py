@@ -1,0 +1,31 @@
+"""The counters and their frozen snapshots."""
+
+from __future__ import annotations
+
+import json
+
+import attrs
+
+import trio_dtlsmux
+from trio_dtlsmux._statistics import ConnectionCounters, EndpointCounters
+
+
+def test_statistics_snapshots_are_json_ready() -> None:
+    # A mappingproxy inside a snapshot made json.dumps fail.
+    counters = EndpointCounters()
+    counters.handshake_failed("timeout")
+    snapshot = counters.snapshot(peers=2, handshakes_in_progress=1)
+    decoded = json.loads(json.dumps(snapshot.as_dict()))
+    assert decoded["handshakes_failed"] == {"timeout": 1}
+    assert decoded["peers"] == 2
+    connection = ConnectionCounters(datagrams_in=3).snapshot().as_dict()
+    assert json.loads(json.dumps(connection))["datagrams_in"] == 3
+
+
+def test_counters_and_snapshots_declare_the_same_fields() -> None:
+    def names(cls: type) -> set[str]:
+        return {field.name for field in attrs.fields(cls)}
+
+    assert names(ConnectionCounters) == names(trio_dtlsmux.ConnectionStatistics)
+    live = {"peers", "handshakes_in_progress"}
+    assert names(EndpointCounters) | live == names(trio_dtlsmux.EndpointStatistics)
