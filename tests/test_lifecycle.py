@@ -286,7 +286,7 @@ async def test_reaped_peers_are_freed(
         gc.collect()
         assert server.statistics().peers_reaped == 200
         assert [r for r in refs if r() is not None] == []
-        assert len(server._peers) == 0
+        assert server.connections() == []
 
 
 async def test_statistics_count_traffic(

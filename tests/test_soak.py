@@ -159,7 +159,7 @@ async def soak_round(
         "held_rss": held_rss,
         "reaped": after.peers_reaped - reaped_before,
         "peers_after": after.peers,
-        "internal_after": len(server._peers),
+        "internal_after": len(server.connections()),
         "in_progress_after": after.handshakes_in_progress,
         "retries": retries,
     }

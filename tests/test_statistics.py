@@ -7,14 +7,18 @@ import json
 import attrs
 
 import trio_dtlsmux
-from trio_dtlsmux._statistics import ConnectionCounters, EndpointCounters
+from trio_dtlsmux._statistics import (
+    ConnectionCounters,
+    EndpointCounters,
+    TrafficCounters,
+)
 
 
 def test_statistics_snapshots_are_json_ready() -> None:
     # A mappingproxy inside a snapshot made json.dumps fail.
     counters = EndpointCounters()
     counters.handshake_failed("timeout")
-    snapshot = counters.snapshot(peers=2, handshakes_in_progress=1)
+    snapshot = counters.snapshot(TrafficCounters(), peers=2, handshakes_in_progress=1)
     decoded = json.loads(json.dumps(snapshot.as_dict()))
     assert decoded["handshakes_failed"] == {"timeout": 1}
     assert decoded["peers"] == 2
@@ -28,4 +32,6 @@ def test_counters_and_snapshots_declare_the_same_fields() -> None:
 
     assert names(ConnectionCounters) == names(trio_dtlsmux.ConnectionStatistics)
     live = {"peers", "handshakes_in_progress"}
-    assert names(EndpointCounters) | live == names(trio_dtlsmux.EndpointStatistics)
+    assert names(EndpointCounters) | names(TrafficCounters) | live == names(
+        trio_dtlsmux.EndpointStatistics
+    )

@@ -4,10 +4,20 @@ Theory of operation
 -------------------
 
 An :class:`Association` owns one ``SSL.Connection`` whose input and output are
-memory BIOs. The Trio layer hands it datagrams and the current time; it
-answers with datagrams to send, decrypted messages, and the next time it
-wants to be woken (:attr:`Association.deadline`). It never touches a socket
-or reads a clock, so the whole protocol is tested deterministically.
+memory BIOs. The Trio layer hands it datagrams and the current time; every
+input method answers ``(datagrams to send, events)`` (see :mod:`._events`),
+and :attr:`Association.deadline` says when :meth:`Association.handle_timer`
+wants to run next. It never touches a socket or reads a clock, so the whole
+protocol is tested deterministically.
+
+The timer is the whole timer (the aioquic habit): while handshaking it covers
+retransmission and ``handshake_timeout``; once established, the idle timeout
+(the last valid datagram plus ``idle_timeout``, which answers the Asterisk
+design note's "figure out how to handle timing out connections"). A datagram
+only ever moves the idle deadline later, so the Trio layer arms its timer
+lazily: when it fires early, :meth:`handle_timer` finds nothing due and the
+timer is armed again for the new deadline. Only a new handshake flight moves
+the deadline earlier, and that is announced with a ``DeadlineChanged`` event.
 
 Lifecycle. Everything that decides what an association may still do lives in
 :class:`State` and :meth:`Association._transition` (the h11 habit): one enum,
@@ -52,36 +62,39 @@ that fail to decrypt or are replays; we count those.
 from __future__ import annotations
 
 import enum
-import ipaddress
 import math
-from collections.abc import Callable
 from typing import Any
 
 from OpenSSL import SSL
 
 from . import _records as rec
+from ._addresses import is_ip_literal
 from ._config import EndpointConfig
 from ._errors import (
     ConnectionLost,
     ConnectionTimedOut,
     HandshakeError,
+    HandshakeFailure,
     HandshakeTimeout,
     PeerAlert,
     PeerClosed,
     PeerRestarted,
+    openssl_reason,
+)
+from ._events import (
+    DeadlineChanged,
+    Event,
+    HandshakeCompleted,
+    MessageReceived,
+    PeerEnded,
 )
 from ._recordio import RecordIO, record_io
 from ._statistics import ConnectionCounters
 
-# What OpenSSL adds to a record on top of the 13-byte header for the AEAD
-# suites we allow: an 8-byte explicit nonce and a 16-byte tag for AES-GCM and
-# AES-CCM, a 16-byte tag for ChaCha20-Poly1305. For CBC suites in
-# hand-built contexts: IV, MAC and padding, at most 16 + 48 + 16.
-_CBC_OVERHEAD = 80
-
 _BIO_CHUNK = 65536
-_APPLICATION_DATA_BYTE = bytes([rec.APPLICATION_DATA])
-_MAX_PLAINTEXT = 1 << 14
+
+#: What every input method returns: datagrams to send, and events.
+Output = tuple[list[bytes], list[Event]]
 
 
 class Role(enum.Enum):
@@ -113,22 +126,6 @@ _ALLOWED: dict[State, frozenset[State]] = {
 }
 
 
-def _ssl_reason(exc: BaseException) -> str:
-    """OpenSSL's error queue as one readable line."""
-    args = getattr(exc, "args", ())
-    if args and isinstance(args[0], list) and args[0]:
-        parts = []
-        for item in args[0]:
-            if isinstance(item, tuple) and item:
-                parts.append(str(item[-1]))
-            else:
-                parts.append(str(item))
-        return "; ".join(parts)
-    if args:
-        return " ".join(str(a) for a in args)
-    return type(exc).__name__
-
-
 def _alert_in(reason: str) -> str | None:
     """The alert text in an OpenSSL reason, if the peer sent one."""
     lowered = reason.lower()
@@ -139,16 +136,8 @@ def _alert_in(reason: str) -> str | None:
     return reason[index + len(marker) :].split(";")[0].strip()
 
 
-def is_ip_literal(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host.split("%", 1)[0])
-    except ValueError:
-        return False
-    return True
-
-
 class Association:
-    """One peer's DTLS session: a sans-IO wrapper around ``SSL.Connection``.
+    """One peer's DTLS session: a sans-I/O wrapper around ``SSL.Connection``.
 
     Attributes ``server_hostname`` and ``verify_failure`` are read and written
     by the verify callback of :func:`trio_dtlsmux.client_context` (see
@@ -166,7 +155,6 @@ class Association:
         server_hostname: str | None = None,
         first_record_seq: int = 0,
         client_random: bytes | None = None,
-        keylog: Callable[[bytes], None] | None = None,
     ) -> None:
         self.role = role
         self.address = address
@@ -181,8 +169,8 @@ class Association:
         self.verify_failure: str | None = None
         self.client_random = client_random
         self.handshake_deadline = now + config.handshake_timeout
-        self.failure_kind: str | None = None
-        self._keylog = keylog
+        self._idle_timeout = config.idle_timeout
+        self._events: list[Event] = []
 
         self._epoch0_seq = first_record_seq
         self._max_msg_seq = -1
@@ -210,6 +198,9 @@ class Association:
         # The data path once established (see _recordio).
         self._io: RecordIO | None = None
 
+    def __repr__(self) -> str:
+        return f"<Association {self.role.value} {self.address!r} {self.state.value}>"
+
     # -- lifecycle ---------------------------------------------------------
 
     def _transition(self, new: State, error: BaseException | None = None) -> bool:
@@ -217,7 +208,8 @@ class Association:
 
         Returns False (and changes nothing) if the association already
         ended: the first ending wins, so a late timer or datagram cannot
-        overwrite why a connection ended.
+        overwrite why a connection ended. An ending is announced with a
+        ``PeerEnded`` event.
         """
         allowed = _ALLOWED.get(self.state)
         if allowed is None or new not in allowed:
@@ -227,6 +219,7 @@ class Association:
         if new is not State.ESTABLISHED:
             self.error = error
             self._free()
+            self._events.append(PeerEnded(self, new, error))
         return True
 
     def _free(self) -> None:
@@ -238,24 +231,34 @@ class Association:
         self._flight = []
         self._retransmit_at = math.inf
 
+    def _output(self, datagrams: list[bytes]) -> Output:
+        """``datagrams`` and the events gathered since the last call."""
+        events = self._events
+        if events:
+            self._events = []
+            return datagrams, events
+        return datagrams, []
+
     @property
     def deadline(self) -> float:
-        """When :meth:`handle_timer` wants to run (``inf``: never)."""
+        """When :meth:`handle_timer` wants to run (``inf``: never).
+
+        Handshaking: the next retransmission or the handshake timeout.
+        Established: the idle timeout after the last valid datagram.
+        """
+        if self.state is State.ESTABLISHED:
+            if self._idle_timeout is None:
+                return math.inf
+            counters = self.counters
+            last = counters.last_datagram_at
+            if last is None:
+                last = counters.established_at or 0.0
+            return last + self._idle_timeout
         if self.state is State.HANDSHAKING:
             return min(self._retransmit_at, self.handshake_deadline)
         return math.inf
 
-    def expire(self) -> None:
-        """The idle timeout fired: the peer is gone."""
-        self._transition(
-            State.TIMED_OUT,
-            ConnectionTimedOut(
-                f"no datagram from {self.address!r} within the idle timeout",
-                peer_address=self.address,
-            ),
-        )
-
-    def replace(self) -> None:
+    def replace(self) -> Output:
         """A verified new handshake from the same address replaces this one."""
         self._transition(
             State.REPLACED,
@@ -263,14 +266,16 @@ class Association:
                 f"{self.address!r} started a new handshake", peer_address=self.address
             ),
         )
+        return self._output([])
 
-    def abandon(self, error: BaseException) -> None:
-        """End a handshake that will not finish (endpoint closing)."""
+    def abandon(self, reason: str) -> Output:
+        """Give up on a handshake that will not finish (``connect`` was
+        cancelled, or the endpoint is closing)."""
         if self.state is State.HANDSHAKING:
-            self.failure_kind = "aborted"
-            self._transition(State.FAILED, error)
+            self._fail(HandshakeFailure.ABORTED, reason)
+        return self._output([])
 
-    def close(self) -> list[bytes]:
+    def close(self) -> Output:
         """Our side closes: returns the close_notify datagram, sent once."""
         ssl = self._ssl
         out: list[bytes] = []
@@ -280,28 +285,30 @@ class Association:
             except SSL.Error:
                 pass
             out = self._pack(self._drain(), count=True)
-        self._transition(
-            State.CLOSED,
-            None,
-        )
-        return out
+        self._transition(State.CLOSED, None)
+        return self._output(out)
 
     # -- handshake ---------------------------------------------------------
 
-    def start(self, now: float) -> list[bytes]:
+    def start(self, now: float) -> Output:
         """Client: make the first flight."""
-        return self._drive_handshake(now)
+        return self._output(self._drive_handshake(now))
 
-    def start_server(self, client_hello: bytes, now: float) -> list[bytes]:
-        """Server: feed the verified ClientHello and answer it."""
+    def start_server(self, client_hello: bytes, now: float) -> Output:
+        """Server: feed the verified ClientHello (the datagram that carried
+        it, which is counted here) and answer it."""
         assert self._ssl is not None
+        counters = self.counters
+        counters.datagrams_in += 1
+        counters.bytes_in += len(client_hello)
+        counters.last_datagram_at = now
         self._ssl.bio_write(client_hello)
         try:
             self._ssl.DTLSv1_listen()
         except SSL.Error as exc:
-            self._fail("protocol", HandshakeError(f"bad ClientHello: {_ssl_reason(exc)}"))
-            return []
-        return self._drive_handshake(now)
+            self._fail(HandshakeFailure.PROTOCOL, f"bad ClientHello: {openssl_reason(exc)}")
+            return self._output([])
+        return self._output(self._drive_handshake(now))
 
     def _drive_handshake(self, now: float) -> list[bytes]:
         ssl = self._ssl
@@ -335,14 +342,16 @@ class Association:
         self._cleartext_mtu = self._compute_cleartext_mtu(ssl)
         self._io = record_io(ssl)
         self.session_info = self._snapshot_session(ssl)
-        if self._keylog is not None:
+        keylog_line = None
+        if self.config.keylog is not None:
             client_random = ssl.client_random()
             master = ssl.master_key()
             if client_random and master:
-                self._keylog(
-                    b"CLIENT_RANDOM %s %s\n"
-                    % (client_random.hex().encode(), master.hex().encode())
+                keylog_line = b"CLIENT_RANDOM %s %s\n" % (
+                    client_random.hex().encode(),
+                    master.hex().encode(),
                 )
+        self._events.append(HandshakeCompleted(self, keylog_line))
 
     def _snapshot_session(self, ssl: SSL.Connection) -> dict[str, Any]:
         """What the handshake agreed, kept after the SSL object is freed."""
@@ -367,54 +376,68 @@ class Association:
             "server_hostname": name,
         }
 
-    def _fail(self, kind: str, error: HandshakeError) -> None:
-        self.failure_kind = kind
+    def _fail(
+        self, kind: HandshakeFailure, reason: str, *, alert: str | None = None
+    ) -> None:
+        error = (
+            HandshakeTimeout(reason, peer_address=self.address)
+            if kind is HandshakeFailure.TIMEOUT
+            else HandshakeError(reason, kind=kind, alert=alert, peer_address=self.address)
+        )
         self._transition(State.FAILED, error)
 
     def _fail_from_ssl(self, exc: SSL.Error) -> None:
-        reason = _ssl_reason(exc)
+        reason = openssl_reason(exc)
         if self.verify_failure is not None:
             self._fail(
-                "verification",
-                HandshakeError(f"certificate verification failed: {self.verify_failure}"),
+                HandshakeFailure.VERIFICATION,
+                f"certificate verification failed: {self.verify_failure}",
             )
             return
         alert = _alert_in(reason)
         if "certificate verify failed" in reason:
             self._fail(
-                "verification", HandshakeError(f"certificate verification failed: {reason}")
+                HandshakeFailure.VERIFICATION,
+                f"certificate verification failed: {reason}",
             )
         elif alert is not None:
             self._fail(
-                "alert",
-                HandshakeError(f"peer sent fatal alert: {alert}", alert=alert),
+                HandshakeFailure.ALERT, f"peer sent fatal alert: {alert}", alert=alert
             )
         else:
-            self._fail("protocol", HandshakeError(f"handshake failed: {reason}"))
+            self._fail(HandshakeFailure.PROTOCOL, f"handshake failed: {reason}")
 
-    def handle_timer(self, now: float) -> list[bytes]:
-        """Run whatever is due at ``now``: retransmission or handshake timeout."""
+    def handle_timer(self, now: float) -> Output:
+        """Run whatever is due at ``now``: a retransmission, the handshake
+        timeout or the idle timeout. Nothing, if nothing is due yet."""
+        if self.state is State.ESTABLISHED:
+            if now >= self.deadline:
+                self._transition(
+                    State.TIMED_OUT,
+                    ConnectionTimedOut(
+                        f"no datagram from {self.address!r} within the idle timeout",
+                        peer_address=self.address,
+                    ),
+                )
+            return self._output([])
         if self.state is not State.HANDSHAKING:
-            return []
+            return self._output([])
         if now >= self.handshake_deadline:
-            self.failure_kind = "timeout"
-            self._transition(
-                State.FAILED,
-                HandshakeTimeout(
-                    f"handshake with {self.address!r} did not finish within "
-                    f"{self.config.handshake_timeout} s"
-                ),
+            self._fail(
+                HandshakeFailure.TIMEOUT,
+                f"handshake with {self.address!r} did not finish within "
+                f"{self.config.handshake_timeout} s",
             )
-            return []
+            return self._output([])
         if now < self._retransmit_at:
-            return []
+            return self._output([])
         ssl = self._ssl
         assert ssl is not None
         try:
             ssl.DTLSv1_handle_timeout()
         except SSL.Error as exc:
             self._fail_from_ssl(exc)
-            return []
+            return self._output([])
         records = self._drain()
         self.counters.handshake_retransmissions += 1
         self._rto = min(self._rto * 2, self.config.max_retransmit_timeout)
@@ -422,8 +445,8 @@ class Association:
         if records:
             # OpenSSL's own timer had expired as well and it rebuilt the
             # flight (with fresh epoch-1 sequence numbers).
-            return self._pack(records, count=True)
-        return self._pack(self._flight, count=True)
+            return self._output(self._pack(records, count=True))
+        return self._output(self._pack(self._flight, count=True))
 
     def _send_output(self, records: list[rec.Record], now: float) -> list[bytes]:
         """Classify OpenSSL's output as a new flight or a retransmission.
@@ -467,6 +490,7 @@ class Association:
             )
             self._rto = self.config.initial_retransmit_timeout
             self._retransmit_at = now + self._rto
+            self._events.append(DeadlineChanged(self))
         elif has_handshake or has_ccs:
             # OpenSSL retransmitted on its own wall-clock timer.
             self.counters.handshake_retransmissions += 1
@@ -531,56 +555,53 @@ class Association:
             counters.bytes_out += sum(map(len, datagrams))
         return datagrams
 
-    def receive_datagram(
-        self, data: bytes, now: float
-    ) -> tuple[list[bytes], list[bytes]]:
-        """Feed one datagram from the peer.
-
-        Returns ``(datagrams to send, messages for the application)``.
-        """
+    def receive_datagram(self, data: bytes, now: float) -> Output:
+        """Feed one datagram from the peer; returns datagrams and events
+        (``MessageReceived`` for each message, in order)."""
         counters = self.counters
         counters.datagrams_in += 1
         counters.bytes_in += len(data)
         io = self._io
-        if (
-            io is not None
-            and data[:1] == _APPLICATION_DATA_BYTE
-            and len(data) == rec.RECORD_HEADER_SIZE + int.from_bytes(data[11:13], "big")
-        ):
+        if io is not None and rec.is_single_application_record(data):
             # The common case, kept short: one application-data record.
-            return self._receive_application_record(io, data, now)
+            message = self._open_record(io, data)
+            if message is not None:
+                counters.last_datagram_at = now
+                return [], [MessageReceived(self, message)]
+            if not self.live:
+                counters.last_datagram_at = now
+            return self._output([])
         if self._ssl is None:
-            return [], []
+            return self._output([])
         try:
             records = rec.split_datagram_untrusted(data)
         except rec.BadPacket:
             counters.records_rejected += 1
-            return [], []
+            return self._output([])
         if self.state is State.HANDSHAKING:
-            return self._receive_handshaking(records, now)
-        return self._receive_established(records, now)
+            return self._output(self._receive_handshaking(records, now))
+        return self._output(self._receive_established(records, now))
 
     def _receive_handshaking(
         self, records: list[tuple[int, int, bytes]], now: float
-    ) -> tuple[list[bytes], list[bytes]]:
+    ) -> list[bytes]:
         ssl = self._ssl
         assert ssl is not None
         for _content_type, _epoch, raw in records:
             ssl.bio_write(raw)
         self.counters.last_datagram_at = now
         out = self._drive_handshake(now)
-        messages: list[bytes] = []
         if self.state is State.ESTABLISHED:
             # Application data that overtook the peer's Finished was
             # buffered by OpenSSL; it is readable now.
-            self._read_pending(messages, 4 * self.config.mtu)
-        return out, messages
+            self._read_pending(4 * self.config.mtu)
+        return out
 
-    def _read_pending(self, messages: list[bytes], size: int) -> None:
+    def _read_pending(self, size: int) -> None:
         ssl = self._ssl
         while ssl is not None and self.state is State.ESTABLISHED:
             try:
-                messages.append(ssl.recv(size))
+                message = ssl.recv(size)
             except SSL.WantReadError:
                 return
             except SSL.ZeroReturnError:
@@ -590,14 +611,7 @@ class Association:
                 self._broken(exc)
                 return
             self.counters.messages_in += 1
-
-    def _receive_application_record(
-        self, io: RecordIO, record: bytes, now: float
-    ) -> tuple[list[bytes], list[bytes]]:
-        message = self._open_record(io, record)
-        if message is not None or not self.live:
-            self.counters.last_datagram_at = now
-        return [], [] if message is None else [message]
+            self._events.append(MessageReceived(self, message))
 
     def _open_record(self, io: RecordIO, record: bytes) -> bytes | None:
         """Decrypt one application-data or alert record of the peer's.
@@ -629,18 +643,18 @@ class Association:
 
     def _receive_established(
         self, records: list[tuple[int, int, bytes]], now: float
-    ) -> tuple[list[bytes], list[bytes]]:
+    ) -> list[bytes]:
         io = self._io
         assert io is not None
         counters = self.counters
-        messages: list[bytes] = []
+        events = self._events
         out: list[bytes] = []
         valid = False
         for content_type, _epoch, raw in records:
             if content_type == rec.APPLICATION_DATA or content_type == rec.ALERT:
                 message = self._open_record(io, raw)
                 if message is not None:
-                    messages.append(message)
+                    events.append(MessageReceived(self, message))
                     valid = True
                 elif not self.live:
                     valid = True
@@ -661,13 +675,13 @@ class Association:
                 counters.records_rejected += 1
         if valid:
             counters.last_datagram_at = now
-        return out, messages
+        return out
 
     def _peer_closed(self) -> None:
         self._transition(State.PEER_CLOSED, None)
 
     def _broken(self, exc: SSL.Error) -> None:
-        reason = _ssl_reason(exc)
+        reason = openssl_reason(exc)
         alert = _alert_in(reason)
         if alert is not None:
             error: ConnectionLost = PeerAlert(
@@ -697,11 +711,17 @@ class Association:
             peer_address=self.address,
         )
 
+    def message_dropped(self) -> None:
+        """The Trio layer could not deliver a message (its inbox was full or
+        closed): count it as dropped rather than received."""
+        counters = self.counters
+        counters.messages_dropped += 1
+        counters.messages_in -= 1
+
     def cleartext_mtu(self) -> int:
         if self._cleartext_mtu is None:
             return min(
-                self.config.mtu - rec.RECORD_HEADER_SIZE - _CBC_OVERHEAD,
-                _MAX_PLAINTEXT,
+                self.config.mtu - rec.MAX_RECORD_OVERHEAD, rec.MAX_PLAINTEXT
             )
         return self._cleartext_mtu
 
@@ -713,15 +733,15 @@ class Association:
         if value <= 0:
             cipher = (ssl.get_cipher_name() or "").upper()
             if "GCM" in cipher or "CCM" in cipher:
-                overhead = 24
+                overhead = rec.AEAD_OVERHEAD
             elif "CHACHA" in cipher:
-                overhead = 16
+                overhead = rec.CHACHA20_OVERHEAD
             else:
-                overhead = _CBC_OVERHEAD
+                overhead = rec.CBC_OVERHEAD
             value = self.config.mtu - rec.RECORD_HEADER_SIZE - overhead
         # A record never carries more than 2**14 bytes of plaintext (RFC 5246,
         # 6.2.1), however large the datagrams may be.
-        return min(value, _MAX_PLAINTEXT)
+        return min(value, rec.MAX_PLAINTEXT)
 
     def send_message(self, data: bytes) -> list[bytes]:
         """Encrypt one message into one record; returns the datagram(s)."""

@@ -3,17 +3,23 @@
 Theory of operation
 -------------------
 
-A :class:`DtlsConnection` is a thin handle. The bytes live in the
-association (protocol state) and in the peer's inbox (a bounded trio memory
-channel that the endpoint's receive task fills with ``send_nowait``). The
+A :class:`DtlsConnection` is a thin handle over a :class:`PeerLink`, the
+narrow interface the endpoint gives it for one peer: the association
+(protocol state), the peer's inbox (a bounded trio memory channel that the
+receive task fills with ``send_nowait``), a way to transmit datagrams and a
+way to end the association. It knows nothing else of the endpoint. The
 connection turns the association's end state into the exception Trio users
 expect: ``EndOfChannel`` after close_notify, ``ClosedResourceError`` after
 we closed it, a ``BrokenResourceError`` subclass when the peer is gone.
+
+Every async method is a Trio checkpoint: it checks for cancellation before
+it acts (so an already-cancelled scope stops it with nothing done) and
+yields before it returns, as Trio's own sockets do.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, final
+from typing import Any, Protocol, final
 
 import trio
 from cryptography import x509
@@ -21,11 +27,23 @@ from OpenSSL import SSL
 
 from ._association import Association, State
 from ._statistics import ConnectionStatistics
+from ._util import NoPublicConstructor
 
-if TYPE_CHECKING:
-    from ._endpoint import DtlsEndpoint, _Peer
 
-_PRIVATE = object()
+class PeerLink(Protocol):
+    """What a connection needs from its endpoint for one peer."""
+
+    @property
+    def association(self) -> Association: ...
+
+    @property
+    def inbox(self) -> trio.MemoryReceiveChannel[bytes]: ...
+
+    async def transmit(self, datagrams: list[bytes]) -> None:
+        """Send datagrams to the peer, in order (socket errors are counted)."""
+
+    def close(self) -> list[bytes]:
+        """End the association now; returns the close_notify to send."""
 
 
 def _bytes_of(data: object) -> bytes:
@@ -40,7 +58,7 @@ def _bytes_of(data: object) -> bytes:
 
 
 @final
-class DtlsConnection(trio.abc.Channel[bytes]):
+class DtlsConnection(trio.abc.Channel[bytes], metaclass=NoPublicConstructor):
     """One DTLS peer of a :class:`~trio_dtlsmux.DtlsEndpoint`.
 
     You get one from :meth:`DtlsEndpoint.accept`, :meth:`DtlsEndpoint.serve`
@@ -59,16 +77,12 @@ class DtlsConnection(trio.abc.Channel[bytes]):
       when the peer went silent, restarted, or sent a fatal alert.
     """
 
-    def __init__(self, token: object, endpoint: DtlsEndpoint, peer: _Peer) -> None:
-        if token is not _PRIVATE:
-            raise TypeError(
-                "DtlsConnection has no public constructor; use "
-                "DtlsEndpoint.connect(), accept() or serve()"
-            )
-        self._endpoint = endpoint
-        self._peer = peer
-        self._association: Association = peer.association
-        self._inbox = peer.inbox_receive
+    _WHERE_TO_GET_ONE = "use DtlsEndpoint.connect(), accept() or serve()"
+
+    def __init__(self, link: PeerLink) -> None:
+        self._link = link
+        self._association: Association = link.association
+        self._inbox = link.inbox
         self._closed = False
 
     def __repr__(self) -> str:
@@ -113,9 +127,18 @@ class DtlsConnection(trio.abc.Channel[bytes]):
           trio.ClosedResourceError: you closed the connection.
           trio.BrokenResourceError: the peer is gone (see the class docs).
         """
+        await trio.lowlevel.checkpoint_if_cancelled()
+        try:
+            datagrams = self._seal(value)
+        except BaseException:
+            await trio.lowlevel.cancel_shielded_checkpoint()
+            raise
+        await self._link.transmit(datagrams)
+        await trio.lowlevel.cancel_shielded_checkpoint()
+
+    def _seal(self, value: object) -> list[bytes]:
         data = _bytes_of(value)
         if self._closed:
-            await trio.lowlevel.checkpoint()
             raise trio.ClosedResourceError("this DtlsConnection was closed")
         association = self._association
         if association.state is State.CLOSED:
@@ -134,11 +157,7 @@ class DtlsConnection(trio.abc.Channel[bytes]):
                     "not fragment application data, so split it yourself or "
                     "raise the endpoint's mtu"
                 )
-        datagrams = association.send_message(data)
-        await self._endpoint._send_datagrams(datagrams, association.address)
-        # A send is a checkpoint, as every Trio send is, even when the
-        # kernel took the datagram without waiting.
-        await trio.lowlevel.cancel_shielded_checkpoint()
+        return association.send_message(data)
 
     async def receive(self) -> bytes:
         """The next message from the peer.
@@ -148,15 +167,16 @@ class DtlsConnection(trio.abc.Channel[bytes]):
           trio.ClosedResourceError: you closed the connection.
           trio.BrokenResourceError: the peer is gone (see the class docs).
         """
+        await trio.lowlevel.checkpoint_if_cancelled()
+        if not self._closed:
+            try:
+                # Its own checkpoint when a message is there; a wait otherwise.
+                return await self._inbox.receive()
+            except (trio.EndOfChannel, trio.ClosedResourceError):
+                pass
+        await trio.lowlevel.cancel_shielded_checkpoint()
         if self._closed:
-            await trio.lowlevel.checkpoint()
             raise trio.ClosedResourceError("this DtlsConnection was closed")
-        try:
-            return await self._inbox.receive()
-        except trio.EndOfChannel:
-            pass
-        except trio.ClosedResourceError:
-            raise trio.ClosedResourceError("this DtlsConnection was closed") from None
         raise self._why_inbox_ended()
 
     def receive_nowait(self) -> bytes:
@@ -182,15 +202,17 @@ class DtlsConnection(trio.abc.Channel[bytes]):
         """Send close_notify (once, best effort) and free the association.
 
         Idempotent. Blocked :meth:`receive` calls in other tasks get
-        ``trio.ClosedResourceError``.
+        ``trio.ClosedResourceError``. As with every Trio resource, the
+        connection is closed even if the call is cancelled; only the
+        close_notify may then be skipped.
         """
-        if self._closed:
-            await trio.lowlevel.checkpoint()
-            return
-        self._closed = True
-        self._inbox.close()
-        datagrams = self._endpoint._close_peer(self._peer)
-        await self._endpoint._send_datagrams(datagrams, self._association.address)
+        if not self._closed:
+            self._closed = True
+            self._inbox.close()
+            # Usually the kernel takes it at once, cancelled or not; a send
+            # that would have to wait is given up if the call is cancelled.
+            await self._link.transmit(self._link.close())
+        await trio.lowlevel.checkpoint()
 
     # -- session info ---------------------------------------------------------
 

@@ -143,9 +143,20 @@ class ConnectionCounters:
 
 
 @attrs.define(slots=True)
+class TrafficCounters:
+    """What crossed the socket, kept by the transport."""
+
+    datagrams_in: int = 0
+    bytes_in: int = 0
+    datagrams_out: int = 0
+    bytes_out: int = 0
+    socket_errors: int = 0
+
+
+@attrs.define(slots=True)
 class EndpointCounters:
-    """The live counters behind :class:`EndpointStatistics` (the same
-    fields, less those the endpoint fills in when a snapshot is taken)."""
+    """The protocol counters behind :class:`EndpointStatistics`, kept by the
+    demux; the snapshot adds the traffic counters and the live figures."""
 
     handshakes_completed: int = 0
     handshakes_failed: dict[str, int] = attrs.field(factory=dict)
@@ -156,16 +167,13 @@ class EndpointCounters:
     peers_restarted: int = 0
     hellos_dropped_limits: int = 0
     hellos_dropped_no_server: int = 0
-    datagrams_in: int = 0
-    bytes_in: int = 0
-    datagrams_out: int = 0
-    bytes_out: int = 0
-    socket_errors: int = 0
 
     def handshake_failed(self, kind: str) -> None:
         self.handshakes_failed[kind] = self.handshakes_failed.get(kind, 0) + 1
 
-    def snapshot(self, **live: Any) -> EndpointStatistics:
+    def snapshot(self, traffic: TrafficCounters, **live: Any) -> EndpointStatistics:
         values = attrs.asdict(self, recurse=False)
         values["handshakes_failed"] = MappingProxyType(dict(self.handshakes_failed))
-        return EndpointStatistics(**values, **live)
+        return EndpointStatistics(
+            **values, **attrs.asdict(traffic, recurse=False), **live
+        )

@@ -1,0 +1,221 @@
+"""The socket: batched reads, ordered sends, and socket errors counted.
+
+Theory of operation
+-------------------
+
+The endpoint owns one UDP socket, because with UDP there is no socket per
+connection and OpenSSL cannot tell peers apart. This module is the only code
+that touches it.
+
+* On a real socket the transport keeps a non-blocking **twin** (a duplicated
+  descriptor). The receive loop waits for readability once and then drains
+  whatever the kernel has queued, up to a batch, reading the clock once per
+  batch; each datagram is handed to a synchronous handler that returns the
+  replies. Fakes (``trio_dtlsmux.testing.FakeSocket``) and sockets without a
+  descriptor are read one ``recvfrom`` at a time.
+* **Sends keep their order.** A send goes straight to the kernel through the
+  twin while the kernel has room. Only a send that must wait goes through
+  Trio's socket, behind one lock (a trio socket refuses two tasks waiting to
+  write at once), and while one waits, later sends queue behind it rather
+  than overtake it.
+* **Socket errors are counted, never raised**: ENOBUFS, an ICMP error or
+  EMSGSIZE concern one datagram; EBADF means the endpoint is closing.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import socket as _stdlib_socket
+from collections.abc import Callable
+from typing import Any
+
+import trio
+
+from ._statistics import TrafficCounters
+
+__all__ = ["DatagramHandler", "Transport"]
+
+_RECV_SIZE = 65536
+_RECV_BATCH = 64
+
+#: ``handler(data, address, now) -> replies to address``
+DatagramHandler = Callable[[bytes, Any, float], list[bytes]]
+
+
+def _kernel_socket(sock: Any) -> _stdlib_socket.socket | None:
+    """A non-blocking twin of a real trio socket, for the fast paths.
+
+    Reading what is already queued and writing while the kernel has room
+    need no scheduler round trip. The twin shares the kernel socket (a
+    duplicated descriptor), so it sees the same datagrams and sends from
+    the same address. Fakes and anything without a real descriptor get
+    ``None`` and use the trio socket alone.
+    """
+    if not isinstance(sock, trio.socket.SocketType):
+        return None
+    try:
+        fd = sock.fileno()
+        if fd < 0:
+            return None
+        raw = _stdlib_socket.socket(fileno=os.dup(fd))
+    except (OSError, ValueError):
+        return None
+    raw.setblocking(False)
+    return raw
+
+
+class Transport:
+    """One UDP socket, read in batches and written in order."""
+
+    def __init__(self, sock: Any) -> None:
+        self.sock = sock
+        self.counters = TrafficCounters()
+        self._raw: _stdlib_socket.socket | None = None
+        self._send_lock = trio.Lock()
+        # Tasks inside _send_waiting; while there are any, nobody may jump
+        # the queue with a direct send.
+        self._send_waiters = 0
+
+    def open(self) -> None:
+        """Make the twin, if the socket has a real descriptor."""
+        self._raw = _kernel_socket(self.sock)
+
+    def close(self) -> None:
+        self.sock.close()
+        if self._raw is not None:
+            self._raw.close()
+
+    # -- sending -------------------------------------------------------------
+
+    async def send(self, datagrams: list[bytes], address: Any) -> None:
+        """Send datagrams to one address, in order; errors are counted.
+
+        This is not a checkpoint when the kernel takes every datagram at
+        once (the usual case): the receive loop sends replies without
+        yielding between datagrams, and callers that must checkpoint do so.
+        """
+        for index, datagram in enumerate(datagrams):
+            if not self._try_send(datagram, address):
+                await self._send_waiting(datagrams[index:], address)
+                return
+
+    def _try_send(self, datagram: bytes, address: Any) -> bool:
+        """Send one datagram if the kernel takes it now.
+
+        Returns False, having done nothing, when it has to wait: there is no
+        twin, the socket's buffer is full, or other sends are already
+        waiting (which would be overtaken).
+        """
+        raw = self._raw
+        if raw is None or self._send_waiters:
+            return False
+        counters = self.counters
+        try:
+            raw.sendto(datagram, address)
+        except BlockingIOError:
+            return False
+        except OSError:
+            # ENOBUFS, ICMP errors, EMSGSIZE concern this datagram only;
+            # EBADF means the endpoint is closing.
+            counters.socket_errors += 1
+            return True
+        counters.datagrams_out += 1
+        counters.bytes_out += len(datagram)
+        return True
+
+    async def _send_waiting(self, datagrams: list[bytes], address: Any) -> None:
+        counters = self.counters
+        lock = self._send_lock
+        self._send_waiters += 1
+        try:
+            # A free lock is taken without a checkpoint: a yield here would
+            # let an endpoint that is closing cancel an alert or a goodbye.
+            try:
+                lock.acquire_nowait()
+            except trio.WouldBlock:
+                await lock.acquire()
+            try:
+                for datagram in datagrams:
+                    try:
+                        await self.sock.sendto(datagram, address)
+                    except OSError as exc:
+                        counters.socket_errors += 1
+                        if exc.errno == errno.EBADF:
+                            return  # the socket is closed: the endpoint is ending
+                        continue  # this datagram only
+                    except (trio.ClosedResourceError, trio.BusyResourceError):
+                        counters.socket_errors += 1
+                        return
+                    counters.datagrams_out += 1
+                    counters.bytes_out += len(datagram)
+            finally:
+                lock.release()
+        finally:
+            self._send_waiters -= 1
+
+    # -- receiving -------------------------------------------------------------
+
+    async def receive_loop(self, handler: DatagramHandler) -> None:
+        """Read datagrams until the socket closes, handing each to
+        ``handler`` and sending the replies it returns."""
+        if self._raw is None:
+            await self._receive_one_at_a_time(handler)
+        else:
+            await self._receive_batched(self._raw, handler)
+
+    async def _receive_one_at_a_time(self, handler: DatagramHandler) -> None:
+        sock = self.sock
+        counters = self.counters
+        while True:
+            try:
+                data, address = await sock.recvfrom(_RECV_SIZE)
+            except OSError as exc:
+                if exc.errno == errno.EBADF:
+                    return
+                # ICMP errors (ECONNREFUSED after sending to a closed port)
+                # concern one peer; the endpoint goes on.
+                counters.socket_errors += 1
+                continue
+            except trio.ClosedResourceError:
+                return
+            counters.datagrams_in += 1
+            counters.bytes_in += len(data)
+            replies = handler(data, address, trio.current_time())
+            if replies:
+                await self.send(replies, address)
+
+    async def _receive_batched(
+        self, raw: _stdlib_socket.socket, handler: DatagramHandler
+    ) -> None:
+        """Everything the kernel has queued, read per wake-up of the task.
+
+        One wait for readability per batch, not a scheduler round trip per
+        datagram; the batch is capped so the loop stays fair to the other
+        tasks, and one clock reading serves the whole batch.
+        """
+        counters = self.counters
+        recvfrom = raw.recvfrom
+        while True:
+            try:
+                await trio.lowlevel.wait_readable(raw)
+            except (trio.ClosedResourceError, OSError):
+                return
+            now = trio.current_time()
+            for _ in range(_RECV_BATCH):
+                try:
+                    data, address = recvfrom(_RECV_SIZE)
+                except BlockingIOError:
+                    break
+                except OSError as exc:
+                    if exc.errno == errno.EBADF:
+                        return
+                    # ICMP errors (ECONNREFUSED after sending to a closed
+                    # port) concern one peer; the endpoint goes on.
+                    counters.socket_errors += 1
+                    continue
+                counters.datagrams_in += 1
+                counters.bytes_in += len(data)
+                replies = handler(data, address, now)
+                if replies:
+                    await self.send(replies, address)
