@@ -5,10 +5,9 @@ from __future__ import annotations
 import math
 
 import pytest
-
-import trio_dtlsmux
 from OpenSSL import SSL
 
+import trio_dtlsmux
 from trio_dtlsmux import (
     HandshakeError,
     HandshakeFailure,
