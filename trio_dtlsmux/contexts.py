@@ -73,6 +73,10 @@ from service_identity.cryptography import (
     verify_certificate_ip_address,
 )
 
+from ._addresses import ip_literal
+from ._errors import openssl_reason
+from ._records import DTLS1_2_VERSION
+
 __all__ = [
     "PeerIdentityTarget",
     "SelfSigned",
@@ -97,11 +101,6 @@ if TYPE_CHECKING:
     # pyOpenSSL only exposes the sentinel's type under a private name; it is
     # used here for annotations and nothing else.
     _AlpnChoice: TypeAlias = bytes | SSL._NoOverlappingProtocols
-
-# pyOpenSSL exports TLS version numbers but not the DTLS ones. 0xFEFD is how
-# DTLS 1.2 appears on the wire (RFC 6347, section 4.1: the ones' complement
-# of 1.2).
-_DTLS1_2_VERSION = 0xFEFD
 
 _CIPHERS = ":".join(
     [
@@ -383,18 +382,6 @@ def _describe_names(certificate: x509.Certificate) -> str | None:
     return ", ".join(parts)
 
 
-def _ip_literal(expected: str) -> str | None:
-    """Return ``expected`` without brackets if it is an IP address literal."""
-    text = expected.strip()
-    if text.startswith("[") and text.endswith("]"):
-        text = text[1:-1]
-    try:
-        ipaddress.ip_address(text)
-    except ValueError:
-        return None
-    return text
-
-
 def check_peer_identity(certificate: x509.Certificate, expected: str) -> str | None:
     """Check that a certificate was issued for the host we meant to reach.
 
@@ -421,7 +408,7 @@ def check_peer_identity(certificate: x509.Certificate, expected: str) -> str | N
     """
     if not isinstance(expected, str):
         raise TypeError(f"expected must be a str, not {type(expected).__name__}")
-    literal = _ip_literal(expected)
+    literal = ip_literal(expected)
     try:
         if literal is not None:
             verify_certificate_ip_address(certificate, literal)
@@ -529,20 +516,6 @@ class _PeerVerifier:
         return check_peer_identity(cert.to_cryptography(), hostname)
 
 
-def _openssl_reason(exc: Exception) -> str:
-    """Flatten pyOpenSSL's error queue into one readable line."""
-    args = exc.args[0] if exc.args else None
-    if isinstance(args, list) and args:
-        reasons = [
-            str(entry[2])
-            if isinstance(entry, tuple) and len(entry) == 3
-            else str(entry)
-            for entry in args
-        ]
-        return "; ".join(reasons)
-    return str(exc) or type(exc).__name__
-
-
 def _check_path(value: object, argument: str) -> str:
     if isinstance(value, (str, os.PathLike)):
         path = os.fspath(value)
@@ -623,7 +596,7 @@ def _install_identity(
             ctx.check_privatekey()
         except SSL.Error as exc:
             raise ValueError(
-                f"OpenSSL rejected the SelfSigned certificate: {_openssl_reason(exc)}"
+                f"OpenSSL rejected the SelfSigned certificate: {openssl_reason(exc)}"
             ) from exc
         return
 
@@ -640,7 +613,7 @@ def _install_identity(
     except SSL.Error as exc:
         raise ValueError(
             f"cannot load the certificate chain from {cert_path!r}: "
-            f"{_openssl_reason(exc)}"
+            f"{openssl_reason(exc)}"
         ) from exc
     mismatch = (
         f"the private key in {key_path!r} does not match the certificate in "
@@ -651,7 +624,7 @@ def _install_identity(
     except (SSL.Error, TypeError) as exc:
         # OpenSSL already compares the key with the loaded certificate here,
         # so a mismatch usually surfaces now rather than in check_privatekey.
-        reason = _openssl_reason(exc)
+        reason = openssl_reason(exc)
         if "mismatch" in reason:
             raise ValueError(f"{mismatch} ({reason})") from exc
         raise ValueError(
@@ -660,7 +633,7 @@ def _install_identity(
     try:
         ctx.check_privatekey()
     except SSL.Error as exc:
-        raise ValueError(f"{mismatch} ({_openssl_reason(exc)})") from exc
+        raise ValueError(f"{mismatch} ({openssl_reason(exc)})") from exc
 
 
 def _trust_certificates(
@@ -675,7 +648,7 @@ def _trust_certificates(
         except (crypto.Error, SSL.Error) as exc:
             raise ValueError(
                 f"cannot add {_subject_text(cert)} from {source} to the trust store: "
-                f"{_openssl_reason(exc)}"
+                f"{openssl_reason(exc)}"
             ) from exc
 
 
@@ -768,7 +741,7 @@ def _use_srtp(ctx: SSL.Context, profiles: object) -> None:
         culprit = next((name for name in names if not _srtp_known(name)), None)
         which = f"{culprit.decode('ascii', 'replace')!r} is" if culprit else "are"
         raise ValueError(
-            f"srtp_profiles: {which} not accepted by OpenSSL ({_openssl_reason(exc)})"
+            f"srtp_profiles: {which} not accepted by OpenSSL ({openssl_reason(exc)})"
         ) from exc
 
 
@@ -782,8 +755,10 @@ def _srtp_known(name: bytes) -> bool:
 
 def _base_context() -> SSL.Context:
     ctx = SSL.Context(SSL.DTLS_METHOD)
-    ctx.set_min_proto_version(_DTLS1_2_VERSION)
-    ctx.set_max_proto_version(_DTLS1_2_VERSION)
+    # pyOpenSSL names the TLS versions but not the DTLS ones, so DTLS 1.2 is
+    # given by its wire number (RFC 6347, section 4.1).
+    ctx.set_min_proto_version(DTLS1_2_VERSION)
+    ctx.set_max_proto_version(DTLS1_2_VERSION)
     ctx.set_cipher_list(_CIPHERS.encode("ascii"))
     ctx.set_options(SSL.OP_NO_COMPRESSION | SSL.OP_NO_RENEGOTIATION)
     return ctx
@@ -865,7 +840,7 @@ def client_context(
                 ctx.set_default_verify_paths()
             except SSL.Error as exc:  # pragma: no cover - depends on the system
                 raise ValueError(
-                    f"cannot load the system trust store: {_openssl_reason(exc)}"
+                    f"cannot load the system trust store: {openssl_reason(exc)}"
                 ) from exc
         if cafile is not None:
             path = _check_path(cafile, "cafile")
@@ -875,7 +850,7 @@ def client_context(
                 ctx.load_verify_locations(path)
             except SSL.Error as exc:
                 raise ValueError(
-                    f"cannot load cafile {path!r}: {_openssl_reason(exc)}"
+                    f"cannot load cafile {path!r}: {openssl_reason(exc)}"
                 ) from exc
         if capath is not None:
             directory = _check_path(capath, "capath")
@@ -885,7 +860,7 @@ def client_context(
                 ctx.load_verify_locations(None, directory)
             except SSL.Error as exc:
                 raise ValueError(
-                    f"cannot use capath {directory!r}: {_openssl_reason(exc)}"
+                    f"cannot use capath {directory!r}: {openssl_reason(exc)}"
                 ) from exc
         if cadata is not None:
             _trust_certificates(ctx, _parse_ca_data(cadata), "cadata")
