@@ -15,10 +15,14 @@ certificate is ``_verification``'s business.
 * **We read the files, not OpenSSL, where the message matters.** Keys are
   parsed with ``cryptography`` so that an encrypted key without a password, a
   wrong password and a key of a type that cannot sign each get their own
-  sentence; OpenSSL would report a bare error queue. The certificate chain
-  is still handed to OpenSSL by path, because it reads a leaf and its
-  intermediates from one file itself, but only after we have checked that
-  the file holds a PEM certificate at all.
+  sentence; OpenSSL would report a bare error queue. Our certificate chain,
+  ``cafile`` and ``capath`` are still handed to OpenSSL by path, because it
+  reads chains and hashed directories itself, but only after we have checked
+  that the file holds a PEM certificate at all, or that the directory is one.
+* **Which CAs to trust is the caller's choice, how to load them is ours.**
+  With no CA argument a client trusts the system's store; otherwise it
+  trusts every source it was given (``cafile``, ``capath``, ``cadata``) and
+  the system's store not at all.
 * **A self-signed identity needs no disk.** :class:`SelfSigned` keeps the
   certificate and key in memory and installs them straight into a context.
   Tests use it, and so do peer-to-peer systems that pin certificates instead
@@ -423,3 +427,56 @@ def _parse_ca_data(cadata: object) -> list[x509.Certificate]:
         return x509.load_pem_x509_certificates(data)
     except ValueError as exc:
         raise ValueError(f"cadata holds no usable PEM certificate: {exc}") from exc
+
+
+def _trust_authorities(
+    ctx: SSL.Context,
+    cafile: _StrPath | None,
+    capath: _StrPath | None,
+    cadata: str | bytes | None,
+) -> None:
+    """Trust the CAs from every argument given, or the system's when none is."""
+    if cafile is None and capath is None and cadata is None:
+        try:
+            ctx.set_default_verify_paths()
+        except SSL.Error as exc:  # pragma: no cover - depends on the system
+            raise ValueError(
+                f"cannot load the system trust store: {openssl_reason(exc)}"
+            ) from exc
+    if cafile is not None:
+        path = _check_path(cafile, "cafile")
+        if b"CERTIFICATE-----" not in _read_file(path, "cafile"):
+            raise ValueError(f"no PEM certificate found in cafile {path!r}")
+        try:
+            ctx.load_verify_locations(path)
+        except SSL.Error as exc:
+            raise ValueError(
+                f"cannot load cafile {path!r}: {openssl_reason(exc)}"
+            ) from exc
+    if capath is not None:
+        directory = _check_path(capath, "capath")
+        if not os.path.isdir(directory):
+            raise ValueError(f"capath {directory!r} is not a directory")
+        try:
+            ctx.load_verify_locations(None, directory)
+        except SSL.Error as exc:
+            raise ValueError(
+                f"cannot use capath {directory!r}: {openssl_reason(exc)}"
+            ) from exc
+    if cadata is not None:
+        _trust_certificates(ctx, _parse_ca_data(cadata), "cadata")
+
+
+def _trust_client_authorities(ctx: SSL.Context, client_cafile: _StrPath) -> None:
+    """Trust the CAs in ``client_cafile`` and name them in CertificateRequest."""
+    path = _check_path(client_cafile, "client_cafile")
+    data = _read_file(path, "client_cafile")
+    try:
+        authorities = x509.load_pem_x509_certificates(data)
+    except ValueError as exc:
+        raise ValueError(
+            f"no usable PEM certificate in client_cafile {path!r}: {exc}"
+        ) from exc
+    _trust_certificates(ctx, authorities, f"client_cafile {path!r}")
+    for authority in authorities:
+        ctx.add_client_ca(authority)

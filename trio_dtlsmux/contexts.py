@@ -42,24 +42,20 @@ Why these defaults:
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, TypeAlias
 
 import attrs
-from cryptography import x509
 from OpenSSL import SSL
 
 from ._errors import openssl_reason
 from ._identity import (
     SelfSigned,
-    _check_path,
     _install_identity,
-    _parse_ca_data,
     _parse_fingerprint,
-    _read_file,
     _StrPath,
-    _trust_certificates,
+    _trust_authorities,
+    _trust_client_authorities,
     self_signed,
 )
 from ._records import DTLS1_2_VERSION
@@ -255,35 +251,7 @@ def client_context(
 
     ctx = _base_context()
     if pin is None:
-        if cafile is None and capath is None and cadata is None:
-            try:
-                ctx.set_default_verify_paths()
-            except SSL.Error as exc:  # pragma: no cover - depends on the system
-                raise ValueError(
-                    f"cannot load the system trust store: {openssl_reason(exc)}"
-                ) from exc
-        if cafile is not None:
-            path = _check_path(cafile, "cafile")
-            if b"CERTIFICATE-----" not in _read_file(path, "cafile"):
-                raise ValueError(f"no PEM certificate found in cafile {path!r}")
-            try:
-                ctx.load_verify_locations(path)
-            except SSL.Error as exc:
-                raise ValueError(
-                    f"cannot load cafile {path!r}: {openssl_reason(exc)}"
-                ) from exc
-        if capath is not None:
-            directory = _check_path(capath, "capath")
-            if not os.path.isdir(directory):
-                raise ValueError(f"capath {directory!r} is not a directory")
-            try:
-                ctx.load_verify_locations(None, directory)
-            except SSL.Error as exc:
-                raise ValueError(
-                    f"cannot use capath {directory!r}: {openssl_reason(exc)}"
-                ) from exc
-        if cadata is not None:
-            _trust_certificates(ctx, _parse_ca_data(cadata), "cadata")
+        _trust_authorities(ctx, cafile, capath, cadata)
 
     if certfile is not None:
         _install_identity(ctx, certfile, keyfile, password)
@@ -373,17 +341,7 @@ def server_context(
     if client_cafile is None:
         ctx.set_verify(SSL.VERIFY_NONE)
     else:
-        path = _check_path(client_cafile, "client_cafile")
-        data = _read_file(path, "client_cafile")
-        try:
-            authorities = x509.load_pem_x509_certificates(data)
-        except ValueError as exc:
-            raise ValueError(
-                f"no usable PEM certificate in client_cafile {path!r}: {exc}"
-            ) from exc
-        _trust_certificates(ctx, authorities, f"client_cafile {path!r}")
-        for authority in authorities:
-            ctx.add_client_ca(authority)
+        _trust_client_authorities(ctx, client_cafile)
         mode = SSL.VERIFY_PEER | SSL.VERIFY_CLIENT_ONCE
         if require_client_cert:
             mode |= SSL.VERIFY_FAIL_IF_NO_PEER_CERT
