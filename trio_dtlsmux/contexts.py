@@ -20,6 +20,17 @@ The policy is spread over three modules, one concern each:
 * ``_verification`` judges who the *peer* is: the verify callback, the name
   check and the readable reason for a rejection.
 
+Every context built here remembers the role it was made for. One
+``DtlsEndpoint`` serves and connects at once, so handing
+``server_context(...)`` to ``connect`` is an easy slip, and it would not
+fail: a server context checks no name or pin, and without
+``client_cafile`` no certificate either, so the client would talk to
+anyone. The endpoint asks
+:func:`check_context_role` and refuses such a context with a
+``ValueError`` that names the right builder; a client context given as the
+server's is refused the same way. A context built by hand has no recorded
+role and is used as it is: whoever builds one has chosen its settings.
+
 This module stays the public home of all its public names; those defined
 in the other two are re-exported here and report this module as theirs, so
 documentation and tracebacks keep saying ``trio_dtlsmux.contexts``.
@@ -42,8 +53,9 @@ Why these defaults:
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, TypeAlias
+from typing import TYPE_CHECKING, Literal, TypeAlias
 
 import attrs
 from OpenSSL import SSL
@@ -108,6 +120,12 @@ _CIPHERS = ":".join(
 # Lets a server that verifies client certificates resume sessions without
 # OpenSSL complaining that the session id context was never set.
 _SESSION_ID_CONTEXT = b"trio_dtlsmux"
+
+_Role: TypeAlias = Literal["client", "server"]
+
+# The role each context built here was made for. Weak keys, so remembering a
+# context never keeps it (and its certificates and callbacks) alive.
+_ROLES: weakref.WeakKeyDictionary[SSL.Context, _Role] = weakref.WeakKeyDictionary()
 
 
 def _name_list(values: object, argument: str) -> list[bytes]:
@@ -263,6 +281,7 @@ def client_context(
     # A pinned context decides identity by the pin, which is stronger than a
     # name check, so the endpoint has nothing to add in either case.
     _IDENTITY_CHECKING.add(ctx)
+    _ROLES[ctx] = "client"
     return ctx
 
 
@@ -353,4 +372,34 @@ def server_context(
         ctx.set_alpn_select_callback(_AlpnChooser(tuple(alpn_names)))
     if srtp_profiles is not None:
         _use_srtp(ctx, srtp_profiles)
+    _ROLES[ctx] = "server"
     return ctx
+
+
+def check_context_role(ctx: SSL.Context, role: _Role, argument: str) -> None:
+    """Refuse a context that :func:`client_context` or :func:`server_context`
+    made for the other role.
+
+    The endpoint calls this before it uses a context, so that a context for
+    the wrong side fails at once with a message that names the right builder
+    rather than handshaking with the wrong settings. Contexts these builders
+    did not make (built by hand, or not a context at all) pass: their
+    settings, and the type check, are the caller's business.
+
+    Args:
+        ctx: The context the user gave.
+        role: The role it is about to be used in.
+        argument: Where the user gave it, to start the message with, such as
+            ``"connect()"`` or ``"DtlsEndpoint(server_context=...)"``.
+
+    Raises:
+        ValueError: If ``ctx`` was made by the builder for the other role.
+    """
+    made_for = _ROLES.get(ctx) if isinstance(ctx, SSL.Context) else None
+    if made_for is None or made_for == role:
+        return
+    raise ValueError(
+        f"{argument} needs a {role} context, but this one was made by "
+        f"trio_dtlsmux.{made_for}_context(); build one with "
+        f"trio_dtlsmux.{role}_context(...)"
+    )
