@@ -20,6 +20,7 @@ that does not resolve; useful online when editing docstrings.
 
 from __future__ import annotations
 
+import inspect
 import os
 import sys
 from pathlib import Path
@@ -141,12 +142,37 @@ def _public_targets(app, env, node, contnode):
     # Returning None lets intersphinx, which runs after us, resolve it.
 
 
+# Public names report the public module as theirs (trio_dtlsmux.contexts
+# re-exports what _identity and _verification define), which is what readers
+# should see but not where viewcode finds the source. Follow the code instead:
+# a function's code object, or for a class the code of its own methods, knows
+# the file it came from.
+def _defining_module(app, modname, fullname):
+    obj = sys.modules.get(modname)
+    for part in fullname.split("."):
+        obj = getattr(obj, part, None)
+    candidates = vars(obj).values() if isinstance(obj, type) else [obj]
+    package = HERE.parent.resolve()
+    for candidate in candidates:
+        code = getattr(inspect.unwrap(candidate), "__code__", None)
+        # attrs writes __init__ and friends with a "<attrs generated ...>" name.
+        if code is None or not code.co_filename.endswith(".py"):
+            continue
+        try:
+            relative = Path(code.co_filename).resolve().relative_to(package)
+        except ValueError:
+            continue
+        return ".".join(relative.with_suffix("").parts)
+    return None
+
+
 def setup(app):
     # napoleon handles docstrings at the default priority (500).
     app.connect("autodoc-process-docstring", _remember_attribute_docstring, priority=400)
     app.connect("autodoc-process-docstring", _restore_attribute_docstring, priority=550)
     app.connect("autodoc-process-docstring", _public_paths, priority=600)
     app.connect("missing-reference", _public_targets, priority=400)
+    app.connect("viewcode-follow-imported", _defining_module)
 
 
 # -- HTML --------------------------------------------------------------------

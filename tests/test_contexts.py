@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import builtins
 import datetime
+import gc
 import hashlib
 import ipaddress
 import os
 import stat
+import weakref
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -28,9 +30,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from OpenSSL import SSL
 
+import trio_dtlsmux
+from trio_dtlsmux import contexts
 from trio_dtlsmux.contexts import (
     PeerIdentityTarget,
     SelfSigned,
+    check_context_role,
     check_peer_identity,
     client_context,
     is_identity_checking,
@@ -938,6 +943,80 @@ def test_is_identity_checking(pki: Pki) -> None:
     assert is_identity_checking(client_context(fingerprint="ab" * 32))
     assert not is_identity_checking(server_context(self_signed()))
     assert not is_identity_checking(SSL.Context(SSL.DTLS_METHOD))
+
+
+# --------------------------------------------------------------------------
+# Roles: a context made for one side is refused on the other
+
+
+def _client_contexts(pki: Pki) -> list[SSL.Context]:
+    return [
+        client_context(cafile=pki.root_file),
+        client_context(fingerprint=PINNED_IDENTITY.fingerprint),
+        client_context(fingerprint="ab" * 32, certfile=self_signed(), alpn=["x"]),
+    ]
+
+
+def _server_contexts(pki: Pki) -> list[SSL.Context]:
+    return [
+        server_context(self_signed()),
+        server_context(self_signed(), client_cafile=pki.root_file),
+        server_context(self_signed(), srtp_profiles=["SRTP_AES128_CM_SHA1_80"]),
+    ]
+
+
+def test_server_context_is_refused_where_a_client_context_belongs(pki: Pki) -> None:
+    for ctx in _server_contexts(pki):
+        with pytest.raises(ValueError) as caught:
+            check_context_role(ctx, "client", "connect()")
+        assert str(caught.value) == (
+            "connect() needs a client context, but this one was made by "
+            "trio_dtlsmux.server_context(); build one with "
+            "trio_dtlsmux.client_context(...)"
+        )
+
+
+def test_client_context_is_refused_where_a_server_context_belongs(pki: Pki) -> None:
+    for ctx in _client_contexts(pki):
+        with pytest.raises(ValueError) as caught:
+            check_context_role(ctx, "server", "DtlsEndpoint(server_context=...)")
+        assert str(caught.value) == (
+            "DtlsEndpoint(server_context=...) needs a server context, but this "
+            "one was made by trio_dtlsmux.client_context(); build one with "
+            "trio_dtlsmux.server_context(...)"
+        )
+
+
+def test_contexts_pass_in_their_own_role(pki: Pki) -> None:
+    for ctx in _client_contexts(pki):
+        check_context_role(ctx, "client", "connect()")
+    for ctx in _server_contexts(pki):
+        check_context_role(ctx, "server", "server_context")
+
+
+def test_hand_built_contexts_pass_in_either_role() -> None:
+    for method in (SSL.DTLS_METHOD, SSL.DTLS_CLIENT_METHOD, SSL.DTLS_SERVER_METHOD):
+        ctx = SSL.Context(method)
+        check_context_role(ctx, "client", "connect()")
+        check_context_role(ctx, "server", "server_context")
+    # Not a context at all: the caller's type check speaks to that.
+    check_context_role(None, "client", "connect()")  # type: ignore[arg-type]
+
+
+def test_remembering_a_role_does_not_keep_the_context_alive() -> None:
+    ctx = server_context(PINNED_IDENTITY)
+    alive = weakref.ref(ctx)
+    del ctx
+    gc.collect()
+    assert alive() is None
+
+
+def test_public_names_report_the_public_module() -> None:
+    # Some of these are defined in _identity or _verification; docs and
+    # tracebacks should still send readers to trio_dtlsmux.contexts.
+    for name in contexts.__all__:
+        assert getattr(contexts, name).__module__ == "trio_dtlsmux.contexts", name
+    assert trio_dtlsmux.SelfSigned is contexts.SelfSigned
 
 
 # --------------------------------------------------------------------------
