@@ -239,3 +239,20 @@ async def test_oversized_message_is_refused_without_breaking_the_connection(
             await conn.send(b"x" * 16384)
             assert await theirs.receive() == b"x" * 16384
 
+
+
+async def test_a_context_for_the_other_role_is_refused(
+    server_ctx: SSL.Context, client_ctx: SSL.Context
+) -> None:
+    # Before: connect() with a server context handshook and checked no
+    # certificate, name or pin at all.
+    net = FakeNetwork()
+    async with DtlsEndpoint(
+        await fake_socket(net, *SERVER), server_context=server_ctx
+    ) as server, DtlsEndpoint(await fake_socket(net, *CLIENT)) as client:
+        with pytest.raises(ValueError, match=r"trio_dtlsmux\.client_context"):
+            await client.connect(SERVER, trio_dtlsmux.server_context(trio_dtlsmux.self_signed()))
+        assert client.statistics().peers == 0
+        assert server.statistics().handshakes_completed == 0
+    with pytest.raises(ValueError, match=r"trio_dtlsmux\.server_context"):
+        DtlsEndpoint(FakeNetwork().socket(), server_context=client_ctx)

@@ -44,6 +44,7 @@ from ._config import EndpointConfig
 from ._cookies import COOKIE_LENGTH, CookieJar
 from ._events import Event, HandshakeCompleted, MessageReceived, PeerEnded, PeerStarted
 from ._statistics import EndpointCounters
+from .contexts import check_context_role
 
 __all__ = ["Demux", "prepare_server_context"]
 
@@ -65,6 +66,7 @@ def prepare_server_context(context: SSL.Context) -> None:
         raise TypeError(
             f"server_context must be an OpenSSL.SSL.Context, not {type(context).__name__}"
         )
+    check_context_role(context, "server", "DtlsEndpoint(server_context=...)")
     if context in _prepared_contexts:
         return
     try:
@@ -182,8 +184,10 @@ class Demux:
         association, its first flight and events (``PeerStarted`` first).
 
         Raises:
-          ValueError: there already is an association with that address.
+          ValueError: there already is an association with that address, or
+            ``context`` was made by ``server_context()``.
         """
+        check_context_role(context, "client", "connect()")
         key = normalize_address(address)
         if key in self._table:
             raise ValueError(
