@@ -55,6 +55,7 @@ from ._events import (
 )
 from ._statistics import EndpointStatistics
 from ._transport import Transport
+from ._util import lone_exception, open_unwrapping_nursery, raise_unwrapped
 
 if sys.version_info < (3, 11):  # pragma: no cover
     from exceptiongroup import (  # type: ignore[import-not-found,unused-ignore]
@@ -156,6 +157,7 @@ class DtlsEndpoint:
     # -- context manager ------------------------------------------------------
 
     async def __aenter__(self) -> DtlsEndpoint:
+        await trio.lowlevel.checkpoint_if_cancelled()
         if self._state != "new":
             raise RuntimeError("a DtlsEndpoint can be entered only once")
         try:
@@ -175,6 +177,7 @@ class DtlsEndpoint:
         self._nursery = await self._nursery_manager.__aenter__()
         self._state = "open"
         self._nursery.start_soon(self._transport.receive_loop, self._on_datagram)
+        await trio.lowlevel.cancel_shielded_checkpoint()
         return self
 
     async def __aexit__(self, *exc_info: Any) -> bool | None:
@@ -188,13 +191,15 @@ class DtlsEndpoint:
             try:
                 suppress = await self._nursery_manager.__aexit__(*exc_info)
             except BaseExceptionGroup as group:
-                # The body of ``async with`` raised and no task of ours did:
-                # let the body's exception through as it was, not wrapped in
-                # the group that the endpoint's nursery makes of it.
-                if len(group.exceptions) == 1 and group.exceptions[0] is exc_info[1]:
-                    suppress = False
-                else:
+                # The body of ``async with`` raised (or one task of ours did):
+                # let that exception through as it was, not wrapped in the
+                # group that the endpoint's nursery makes of it.
+                lone = lone_exception(group)
+                if lone is None:
                     raise
+                if lone is not exc_info[1]:
+                    raise_unwrapped(lone)
+                suppress = False
             finally:
                 self._transport.close()
                 if self._owns_keylog and self._keylog_file is not None:
@@ -273,7 +278,9 @@ class DtlsEndpoint:
         nursery. Each connection is closed when its handler returns.
         """
         self._check_server()
-        async with trio.open_nursery() as nursery:
+        # The handlers' nursery is ours, their exceptions are not: a lone
+        # one (or a Ctrl-C that lands in this task) comes out as it was.
+        async with open_unwrapping_nursery() as nursery:
             task_status.started()
             while True:
                 try:
@@ -478,8 +485,11 @@ class DtlsEndpoint:
         self._dispatch(events)
         return out
 
+    @trio.lowlevel.enable_ki_protection
     async def _peer_timer(self, peer: _Peer) -> None:
-        """Sleep until the association's deadline, let the core act, repeat."""
+        """Sleep until the association's deadline, let the core act, repeat.
+
+        Protected from Ctrl-C like the receive task (see there)."""
         association = peer.association
         while association.live:
             with trio.CancelScope(deadline=association.deadline) as peer.timer:

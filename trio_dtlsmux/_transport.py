@@ -156,9 +156,15 @@ class Transport:
 
     # -- receiving -------------------------------------------------------------
 
+    @trio.lowlevel.enable_ki_protection
     async def receive_loop(self, handler: DatagramHandler) -> None:
         """Read datagrams until the socket closes, handing each to
-        ``handler`` and sending the replies it returns."""
+        ``handler`` and sending the replies it returns.
+
+        Ctrl-C never lands in the middle of routing a datagram: the task
+        is protected, so Trio delivers the ``KeyboardInterrupt`` to the
+        main task at its next checkpoint instead.
+        """
         if self._raw is None:
             await self._receive_one_at_a_time(handler)
         else:

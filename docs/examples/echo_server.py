@@ -1,15 +1,19 @@
 """Tutorial, step 1: a DTLS echo server.
 
-Run ``python make_cert.py`` once, then ``python echo_server.py``.
+Run ``python make_cert.py`` once, then ``python echo_server.py``; stop it
+with Ctrl-C (or ``kill``, which sends SIGTERM).
 """
 
 from __future__ import annotations
+
+import os
+import signal
 
 import trio
 
 import trio_dtlsmux
 
-PORT = 4433
+PORT = int(os.environ.get("PORT", "4433"))
 
 
 async def echo(conn: trio_dtlsmux.DtlsConnection) -> None:
@@ -39,4 +43,11 @@ async def run() -> None:
 
 
 if __name__ == "__main__":
-    trio.run(run)
+    # SIGTERM (kill, service managers) stops the server as Ctrl-C does: it
+    # is passed on as SIGINT, which Trio turns into a KeyboardInterrupt.
+    signal.signal(signal.SIGTERM, lambda *_: signal.raise_signal(signal.SIGINT))
+    try:
+        trio.run(run)
+    except KeyboardInterrupt:
+        pass
+    print("stopped")
