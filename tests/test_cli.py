@@ -23,8 +23,10 @@ import trio.testing
 
 import trio_dtlsmux
 from trio_dtlsmux import _demo
-from trio_dtlsmux._cli import format_address, host_port, main
+from trio_dtlsmux._cli import DEMO_MIN_SIZE, main
+from trio_dtlsmux._console import format_address, host_port
 from trio_dtlsmux._demo import DemoOptions, percentile, run_demo
+from trio_dtlsmux._records import MAX_PLAINTEXT
 
 OPENSSL = shutil.which("openssl")
 CLI = [sys.executable, "-m", "trio_dtlsmux"]
@@ -143,11 +145,12 @@ async def start_connect(children: list[trio.Process], *args: str) -> trio.Proces
 
 
 async def run_cli(
-    *args: str, within: float = START
+    *args: str, within: float = START, python: bool = False
 ) -> subprocess.CompletedProcess[bytes]:
+    """Run ``python -m trio_dtlsmux ARGS`` (``python ARGS`` if ``python``)."""
     with trio.fail_after(within):
         return await trio.run_process(
-            [*CLI, *args],
+            [sys.executable, *args] if python else [*CLI, *args],
             stdin=subprocess.DEVNULL,
             capture_stdout=True,
             capture_stderr=True,
@@ -332,6 +335,43 @@ async def test_openssl_s_client_talks_to_serve() -> None:
                 await proc.wait()
 
 
+# -- what each command loads ------------------------------------------------------
+
+
+async def test_children_run_this_checkout() -> None:
+    # Every other test here that starts `python -m trio_dtlsmux` assumes the
+    # child imports the same package as this process (the PYTHONPATH, not
+    # some other installed copy).
+    code = "import trio_dtlsmux; print(trio_dtlsmux.__file__)"
+    result = await run_cli("-c", code, python=True)
+    assert result.returncode == 0, result.stderr.decode()
+    assert result.stdout.decode().strip() == trio_dtlsmux.__file__
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        # Each gets past parsing into its command, and stops at a bad file.
+        ["serve", "--port", "0", "--cert", "/nonexistent/cert.pem"],
+        ["connect", "127.0.0.1:4433", "--cafile", "/nonexistent/ca.pem"],
+        ["--help"],
+    ],
+    ids=["serve", "connect", "help"],
+)
+async def test_serve_and_connect_do_not_load_the_demo(argv: list[str]) -> None:
+    result = await run_cli("-X", "importtime", "-m", "trio_dtlsmux", *argv, python=True)
+    imported = {
+        line.rpartition("|")[2].strip()
+        for line in result.stderr.decode().splitlines()
+        if line.startswith("import time:")
+    }
+    assert "trio_dtlsmux._cli" in imported, result.stderr.decode()[-2000:]
+    assert "trio_dtlsmux._demo" not in imported
+    assert "trio_dtlsmux.testing" not in imported
+    if argv == ["--help"]:
+        assert re.search(rb"\n +demo +run a server and many clients", result.stdout)
+
+
 # -- bad arguments ---------------------------------------------------------------
 
 
@@ -374,6 +414,7 @@ async def test_bad_port_is_a_usage_error_from_the_real_entry_point() -> None:
         (["connect", "h:1", "--insecure", "--cafile", "x"], ["not allowed with"]),
         (["demo", "--loss", "1.5"], ["--loss", "less than 1"]),
         (["demo", "--size", "3"], ["--size"]),
+        (["demo", "--size", "16385"], ["--size", "8 to 16384"]),
         ([], ["COMMAND"]),
     ],
 )
@@ -479,6 +520,15 @@ async def test_demo_notices_a_wrong_echo(monkeypatch: pytest.MonkeyPatch) -> Non
         code = await run_demo(DemoOptions(peers=2, messages=3), out)
     assert code == 1
     assert "FAILED: 6 messages came back ALTERED" in out.getvalue()
+
+
+@pytest.mark.parametrize("size", [DEMO_MIN_SIZE, MAX_PLAINTEXT])
+async def test_demo_at_the_sizes_the_command_line_allows(size: int) -> None:
+    out = io.StringIO()
+    with trio.fail_after(START):
+        code = await run_demo(DemoOptions(peers=2, messages=3, size=size), out)
+    assert code == 0, out.getvalue()
+    assert "OK: every message came back intact" in out.getvalue()
 
 
 def test_percentile() -> None:

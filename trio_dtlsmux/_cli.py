@@ -7,6 +7,12 @@
 * ``demo`` (in :mod:`._demo`) runs a server and many clients in one process
   and reports how fast it went.
 
+This module holds the parser of all three commands and runs ``serve`` and
+``connect``. What the commands share (exit codes, messages, argument types)
+is in :mod:`._console`. The demo's machinery, and the in-memory network it
+brings along (:mod:`trio_dtlsmux.testing`), is imported only when ``demo``
+runs, so that ``serve`` and ``connect`` never load it.
+
 Exit codes: 0 success (also after Ctrl-C for ``serve``), 1 failure at run
 time (a handshake or the network), 2 bad arguments, 130 ``connect``
 interrupted.
@@ -20,14 +26,13 @@ from __future__ import annotations
 
 import argparse
 import logging
-import math
 import os
 import signal
 import socket as _stdlib_socket
 import stat
 import sys
 from collections.abc import Awaitable, Callable, Sequence
-from typing import IO, Any, NoReturn
+from typing import IO, Any
 
 import trio
 from cryptography import x509
@@ -36,6 +41,25 @@ from OpenSSL import SSL
 
 from . import __version__
 from ._connection import DtlsConnection
+from ._console import (
+    EXIT_FAILURE,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    Parser,
+    fail,
+    format_address,
+    host_port,
+    idle_timeout_seconds,
+    listen_port,
+    one_line,
+    peer_text,
+    run_until_interrupted,
+    say,
+    seconds,
+    usage_error,
+    warn,
+    whole_number,
+)
 from ._endpoint import DtlsEndpoint
 from ._errors import (
     ConnectionTimedOut,
@@ -44,15 +68,11 @@ from ._errors import (
     PeerClosed,
     PeerRestarted,
 )
+from ._records import MAX_PLAINTEXT
 from ._statistics import EndpointStatistics
 from .contexts import client_context, self_signed, server_context
 
 __all__ = ["build_parser", "main"]
-
-EXIT_OK = 0
-EXIT_FAILURE = 1
-EXIT_USAGE = 2
-EXIT_INTERRUPTED = 130
 
 DEFAULT_PORT = 4433
 
@@ -61,155 +81,17 @@ _DTLS1_2_VERSION = 0xFEFD
 
 _log = logging.getLogger("trio_dtlsmux.cli")
 
-
-# -- small helpers -------------------------------------------------------------
-
-
-def format_address(host: str, port: int) -> str:
-    """``host:port``, with IPv6 literals in brackets as URLs write them."""
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
-def _peer_text(address: Any) -> str:
-    try:
-        return format_address(str(address[0]), int(address[1]))
-    except (TypeError, IndexError, ValueError):
-        return repr(address)
-
-
-def _one_line(text: object) -> str:
-    return " ".join(str(text).split())
-
-
-def _say(text: str = "") -> None:
-    """A line on stdout, flushed at once (other programs wait for it)."""
-    print(text, flush=True)
-
-
-def _warn(prog: str, text: str) -> None:
-    print(f"{prog}: warning: {_one_line(text)}", file=sys.stderr, flush=True)
-
-
-def _fail(prog: str, text: str) -> None:
-    print(f"{prog}: error: {_one_line(text)}", file=sys.stderr, flush=True)
-
-
-def _leaves(exc: BaseException) -> list[BaseException]:
-    """The exceptions inside (nested) exception groups, or ``[exc]``."""
-    inner = getattr(exc, "exceptions", None)
-    if not isinstance(inner, tuple):
-        return [exc]
-    found: list[BaseException] = []
-    for item in inner:
-        if isinstance(item, BaseException):
-            found.extend(_leaves(item))
-    return found
-
-
-def run_until_interrupted(
-    async_fn: Callable[..., Awaitable[int]], *args: Any, interrupted: int
-) -> int:
-    """``trio.run`` that turns a Ctrl-C which slipped past our signal
-    handling (before it was installed, say) into an exit code."""
-    try:
-        return trio.run(async_fn, *args)
-    except BaseException as exc:
-        leaves = _leaves(exc)
-        if leaves and all(isinstance(leaf, KeyboardInterrupt) for leaf in leaves):
-            return interrupted
-        raise
-
-
-# -- argument types ------------------------------------------------------------
-
-
-class _Parser(argparse.ArgumentParser):
-    """An ``ArgumentParser`` whose errors are a single line on stderr."""
-
-    def error(self, message: str) -> NoReturn:
-        self.exit(
-            EXIT_USAGE,
-            f"{self.prog}: error: {_one_line(message)} (see {self.prog} --help)\n",
-        )
-
-
-def _port_number(text: str, *, minimum: int) -> int:
-    try:
-        port = int(text, 10)
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"port must be a number, not {text!r}"
-        ) from None
-    if not minimum <= port <= 65535:
-        raise argparse.ArgumentTypeError(
-            f"port must be from {minimum} to 65535, not {port}"
-        )
-    return port
-
-
-def _listen_port(text: str) -> int:
-    return _port_number(text, minimum=0)
-
-
-def host_port(text: str) -> tuple[str, int]:
-    """Parse ``HOST:PORT`` or ``[IPV6]:PORT``."""
-    if text.startswith("["):
-        end = text.find("]")
-        if end == -1 or text[end + 1 : end + 2] != ":":
-            raise argparse.ArgumentTypeError(
-                f"expected [IPV6-ADDRESS]:PORT, not {text!r}"
-            )
-        host, port_text = text[1:end], text[end + 2 :]
-    else:
-        host, colon, port_text = text.rpartition(":")
-        if not colon:
-            raise argparse.ArgumentTypeError(f"expected HOST:PORT, not {text!r}")
-        if ":" in host:
-            raise argparse.ArgumentTypeError(
-                f"put an IPv6 address in brackets, as in [::1]:{port_text or 4433}"
-            )
-    if not host:
-        raise argparse.ArgumentTypeError(f"the host is missing in {text!r}")
-    return host, _port_number(port_text, minimum=1)
-
-
-def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected a number of seconds, not {text!r}"
-        ) from None
-    if not (value > 0 and math.isfinite(value)):
-        raise argparse.ArgumentTypeError(
-            f"must be a positive number of seconds, not {text}"
-        )
-    return value
-
-
-def _idle_seconds(text: str) -> float:
-    """Seconds, where 0 (or "none"/"off") means never."""
-    if text.strip().lower() in ("none", "off"):
-        return 0.0
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected a number of seconds, not {text!r}"
-        ) from None
-    if not (value >= 0 and math.isfinite(value)):
-        raise argparse.ArgumentTypeError(
-            f"must be 0 (never) or a positive number of seconds, not {text}"
-        )
-    return value
+# The demo's bounds are checked here, while parsing, so that a bad value is
+# a usage error without loading the demo. A message must hold the demo's
+# header (peer and message number, 4 bytes each) and fit in one record
+# (MAX_PLAINTEXT); the demo's own tests run it at both ends of the range.
+DEMO_MAX_PEERS = 10_000
+DEMO_MIN_SIZE = 8
 
 
 def build_parser(prog: str = "trio-dtlsmux") -> argparse.ArgumentParser:
     """The argument parser of the whole command line."""
-    # Imported here so that ``serve`` and ``connect`` do not pay for it.
-    from . import _demo
-
-    parser = _Parser(
+    parser = Parser(
         prog=prog,
         description="DTLS 1.2 over one UDP socket, for Trio: an echo server, "
         "a line-based client and a load demo.",
@@ -234,7 +116,7 @@ def build_parser(prog: str = "trio-dtlsmux") -> argparse.ArgumentParser:
     )
     serve.add_argument(
         "--port",
-        type=_listen_port,
+        type=listen_port,
         default=DEFAULT_PORT,
         help="UDP port; 0 picks a free one (default: %(default)s)",
     )
@@ -242,7 +124,7 @@ def build_parser(prog: str = "trio-dtlsmux") -> argparse.ArgumentParser:
     serve.add_argument("--key", metavar="PEM", help="private key file of --cert")
     serve.add_argument(
         "--idle-timeout",
-        type=_idle_seconds,
+        type=idle_timeout_seconds,
         default=300.0,
         metavar="S",
         help="forget a peer after S seconds of silence; 0 never does "
@@ -256,7 +138,7 @@ def build_parser(prog: str = "trio-dtlsmux") -> argparse.ArgumentParser:
     )
     serve.add_argument(
         "--stats-every",
-        type=_seconds,
+        type=seconds,
         metavar="S",
         help="print the endpoint's statistics every S seconds",
     )
@@ -307,8 +189,61 @@ def build_parser(prog: str = "trio-dtlsmux") -> argparse.ArgumentParser:
     )
     connect.set_defaults(handler=_connect_command, subparser=connect)
 
-    _demo.add_demo_parser(commands)
+    demo = commands.add_parser(
+        "demo",
+        help="run a server and many clients in this process and measure them",
+        description="Start a DTLS echo server and PEERS clients, each with its "
+        "own UDP socket, in this one process. Every client handshakes, then "
+        "sends MESSAGES messages one at a time and checks each echo. Prints "
+        "the rates, latencies and losses. With --loss the datagrams cross a "
+        "simulated network that drops that share of them instead of the "
+        "loopback interface.",
+    )
+    demo.add_argument(
+        "--peers",
+        type=whole_number(1, DEMO_MAX_PEERS),
+        default=100,
+        help="client peers (default: %(default)s)",
+    )
+    demo.add_argument(
+        "--messages",
+        type=whole_number(0, 1_000_000),
+        default=100,
+        help="round trips per peer (default: %(default)s)",
+    )
+    demo.add_argument(
+        "--size",
+        type=whole_number(DEMO_MIN_SIZE, MAX_PLAINTEXT),
+        default=100,
+        help="bytes per message (default: %(default)s)",
+    )
+    demo.add_argument(
+        "--loss",
+        type=_probability,
+        default=0.0,
+        help="share of datagrams to drop, 0 to <1; above 0 uses the simulated "
+        "network (default: %(default)s)",
+    )
+    demo.add_argument(
+        "--seed",
+        type=whole_number(0, 2**32 - 1),
+        default=1,
+        help="seed of the simulated network (default: %(default)s)",
+    )
+    demo.set_defaults(handler=_demo_command, subparser=demo)
     return parser
+
+
+def _probability(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, not {text!r}") from None
+    if not 0.0 <= value < 1.0:
+        raise argparse.ArgumentTypeError(
+            f"must be at least 0 and less than 1 (a probability), not {text}"
+        )
+    return value
 
 
 def _default_prog() -> str:
@@ -328,11 +263,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     handler: Callable[[argparse.Namespace, argparse.ArgumentParser], int]
     handler = opts.handler
     return handler(opts, opts.subparser)
-
-
-def _usage_error(parser: argparse.ArgumentParser, message: str) -> NoReturn:
-    """Exit 2 with one line: for what argparse could not check itself."""
-    parser.exit(EXIT_USAGE, f"{parser.prog}: error: {_one_line(message)}\n")
 
 
 # -- the key log ---------------------------------------------------------------
@@ -359,12 +289,12 @@ def _open_keylog(
     except OSError as exc:
         reason = exc.strerror or str(exc)
         if from_environment:
-            _warn(
+            warn(
                 parser.prog,
                 f"SSLKEYLOGFILE {path!r} cannot be opened ({reason}); not logging keys",
             )
             return None
-        _usage_error(parser, f"--keylog {path!r} cannot be opened: {reason}")
+        usage_error(parser, f"--keylog {path!r} cannot be opened: {reason}")
 
 
 # -- serve ---------------------------------------------------------------------
@@ -382,9 +312,9 @@ def _certificate_fingerprint(path: str) -> str | None:
 
 def _serve_command(opts: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     if opts.cert is None and opts.key is not None:
-        _usage_error(parser, "--key needs --cert")
+        usage_error(parser, "--key needs --cert")
     if opts.cert is not None and opts.key is None:
-        _usage_error(
+        usage_error(
             parser,
             "--cert needs --key (or leave both out for a self-signed certificate)",
         )
@@ -401,7 +331,7 @@ def _serve_command(opts: argparse.Namespace, parser: argparse.ArgumentParser) ->
         try:
             context = server_context(opts.cert, opts.key)
         except (ValueError, TypeError) as exc:
-            _usage_error(parser, str(exc))
+            usage_error(parser, str(exc))
         fingerprint = _certificate_fingerprint(opts.cert)
         origin = f"certificate from {opts.cert}"
     keylog = _open_keylog(opts, parser)
@@ -468,7 +398,7 @@ class _EchoService:
         self.active = 0
 
     async def __call__(self, conn: DtlsConnection) -> None:
-        peer = _peer_text(conn.peer_address)
+        peer = peer_text(conn.peer_address)
         self.active += 1
         details = ", ".join(
             part
@@ -491,7 +421,7 @@ class _EchoService:
                 except ValueError as exc:
                     # Bigger than our MTU allows (the peer's may be larger):
                     # drop this one rather than the server.
-                    _log.warning("%s message not echoed: %s", peer, _one_line(exc))
+                    _log.warning("%s message not echoed: %s", peer, one_line(exc))
                     continue
                 echoed += 1
         except trio.Cancelled:
@@ -521,7 +451,7 @@ class _EchoService:
         except PeerClosed:
             _log.info("%s closed by the peer (close_notify) (%d echoed)", peer, echoed)
         except trio.BrokenResourceError as exc:
-            _log.info("%s lost: %s (%d echoed)", peer, _one_line(exc), echoed)
+            _log.info("%s lost: %s (%d echoed)", peer, one_line(exc), echoed)
         except trio.ClosedResourceError:
             _log.info("%s closed: server shutting down (%d echoed)", peer, echoed)
         else:
@@ -550,7 +480,7 @@ def format_statistics(stats: EndpointStatistics) -> str:
 async def _print_statistics(endpoint: DtlsEndpoint, every: float) -> None:
     while True:
         await trio.sleep(every)
-        _say(format_statistics(endpoint.statistics()))
+        say(format_statistics(endpoint.statistics()))
 
 
 async def _serve(
@@ -567,7 +497,7 @@ async def _serve(
         try:
             sock = await _bind(opts.host, opts.port)
         except OSError as exc:
-            _fail(
+            fail(
                 prog,
                 f"cannot listen on {format_address(opts.host, opts.port)}: {exc.strerror or exc}",
             )
@@ -581,20 +511,20 @@ async def _serve(
             async with trio.open_nursery() as nursery:
                 await nursery.start(endpoint.serve, service)
                 target = format_address(_reachable_host(host), port)
-                _say(f"trio-dtlsmux {__version__}: DTLS 1.2 echo server")
-                _say(f"certificate: {origin}")
+                say(f"trio-dtlsmux {__version__}: DTLS 1.2 echo server")
+                say(f"certificate: {origin}")
                 if fingerprint is not None:
-                    _say(f"SHA-256 fingerprint: {fingerprint}")
-                _say("talk to it with:")
-                _say(f"  openssl s_client -dtls1_2 -connect {target}")
+                    say(f"SHA-256 fingerprint: {fingerprint}")
+                say("talk to it with:")
+                say(f"  openssl s_client -dtls1_2 -connect {target}")
                 if fingerprint is not None:
-                    _say(
+                    say(
                         f"  python -m trio_dtlsmux connect {target} "
                         f"--fingerprint {fingerprint}"
                     )
                 if keylog is not None:
-                    _say(f"key log: {getattr(keylog, 'name', keylog)}")
-                _say(f"listening on {format_address(host, port)} (Ctrl-C to stop)")
+                    say(f"key log: {getattr(keylog, 'name', keylog)}")
+                say(f"listening on {format_address(host, port)} (Ctrl-C to stop)")
                 if opts.stats_every is not None:
                     nursery.start_soon(_print_statistics, endpoint, opts.stats_every)
                 async for signum in signals:
@@ -650,10 +580,10 @@ def _connect_command(opts: argparse.Namespace, parser: argparse.ArgumentParser) 
             trusted = opts.cafile or "the system's CAs"
             verification = f"certificate verified for {host} by {trusted}"
     except (ValueError, TypeError) as exc:
-        _usage_error(parser, str(exc))
+        usage_error(parser, str(exc))
     keylog = _open_keylog(opts, parser)
     if opts.insecure:
-        _warn(
+        warn(
             parser.prog,
             "--insecure: the server's certificate is not checked, so anyone on "
             "the path can pose as the server",
@@ -763,7 +693,7 @@ class _Session:
         pieces = [message] if len(message) <= limit else _split_for_mtu(message, limit)
         if len(pieces) > 1 and not self._warned_split:
             self._warned_split = True
-            _warn(
+            warn(
                 self.prog,
                 f"a line of {len(message)} bytes is longer than one DTLS record "
                 f"can carry here ({limit} bytes); sending it in pieces",
@@ -772,7 +702,7 @@ class _Session:
             try:
                 await self.conn.send(piece)
             except trio.BrokenResourceError as exc:
-                _fail(self.prog, f"connection to {self.peer} lost: {exc}")
+                fail(self.prog, f"connection to {self.peer} lost: {exc}")
                 self.exit_code = EXIT_FAILURE
                 return False
         return True
@@ -792,7 +722,7 @@ class _Session:
         except trio.ClosedResourceError:
             return  # we closed it; whoever did will finish up
         except trio.BrokenResourceError as exc:
-            _fail(self.prog, f"connection to {self.peer} lost: {exc}")
+            fail(self.prog, f"connection to {self.peer} lost: {exc}")
             self.exit_code = EXIT_FAILURE
         done.cancel()
 
@@ -823,7 +753,7 @@ async def _connect(
             family = infos[0][0]
             sock = trio.socket.socket(family, _stdlib_socket.SOCK_DGRAM)
         except OSError as exc:
-            _fail(prog, f"cannot reach {peer}: {exc.strerror or exc}")
+            fail(prog, f"cannot reach {peer}: {exc.strerror or exc}")
             return EXIT_FAILURE
         try:
             await sock.bind(
@@ -831,7 +761,7 @@ async def _connect(
             )
         except OSError as exc:
             sock.close()
-            _fail(prog, f"cannot reach {peer}: {exc.strerror or exc}")
+            fail(prog, f"cannot reach {peer}: {exc.strerror or exc}")
             return EXIT_FAILURE
         session: _Session | None = None
         interrupted = False
@@ -853,11 +783,11 @@ async def _connect(
                     (host, port), context, server_hostname=server_hostname
                 )
             except HandshakeError as exc:
-                _fail(prog, f"handshake with {peer} failed: {exc.reason}")
+                fail(prog, f"handshake with {peer} failed: {exc.reason}")
                 nursery.cancel_scope.cancel()  # the signal watcher
                 return EXIT_FAILURE
             except (OSError, ValueError) as exc:
-                _fail(prog, f"cannot connect to {peer}: {exc}")
+                fail(prog, f"cannot connect to {peer}: {exc}")
                 nursery.cancel_scope.cancel()
                 return EXIT_FAILURE
             session = _Session(prog, conn, peer)
@@ -881,3 +811,54 @@ async def _connect(
         return EXIT_INTERRUPTED
     assert session is not None
     return session.exit_code
+
+
+# -- demo ----------------------------------------------------------------------
+
+
+def _demo_command(opts: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    # Imported here rather than at the top: the demo brings the in-memory
+    # network (trio_dtlsmux.testing), which serve and connect never use and
+    # should not pay for at every start. There is no cycle to hide: _demo
+    # imports nothing from this module.
+    from ._demo import DemoOptions, run_demo
+
+    options = DemoOptions(
+        peers=opts.peers,
+        messages=opts.messages,
+        size=opts.size,
+        loss=opts.loss,
+        seed=opts.seed,
+    )
+    if options.loss == 0:
+        problem = _ensure_descriptors(options.peers + 64)
+        if problem is not None:
+            parser.error(problem)
+    try:
+        return run_until_interrupted(run_demo, options, interrupted=EXIT_INTERRUPTED)
+    finally:
+        # A progress line may have been left without its newline.
+        sys.stdout.flush()
+
+
+def _ensure_descriptors(needed: int) -> str | None:
+    """Raise the open-file limit to ``needed`` if allowed; a reason if not."""
+    if sys.platform == "win32":
+        return None
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY or soft >= needed:
+        return None
+    target = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    except (ValueError, OSError):
+        target = soft
+    if target >= needed:
+        return None
+    return (
+        f"--peers needs about {needed} open files (one socket per peer), but "
+        f"this process may open only {target}; raise the limit (ulimit -n) or "
+        "use fewer peers"
+    )
