@@ -20,10 +20,11 @@ import attrs
 import pytest
 import trio
 import trio.testing
+from OpenSSL import SSL
 
 import trio_dtlsmux
-from trio_dtlsmux import _demo
-from trio_dtlsmux._cli import DEMO_MIN_SIZE, main
+from trio_dtlsmux import SelfSigned, _demo
+from trio_dtlsmux._cli import DEMO_MIN_SIZE, _insecure_context, main
 from trio_dtlsmux._console import format_address, host_port
 from trio_dtlsmux._demo import DemoOptions, percentile, run_demo
 from trio_dtlsmux._records import MAX_PLAINTEXT
@@ -303,6 +304,21 @@ async def test_connect_over_ipv6_trusting_the_certificate_as_ca(
         assert "certificate verified for ::1" in err
 
 
+def test_insecure_offers_what_the_library_offers(identity: SelfSigned) -> None:
+    # --insecure turns the certificate check off and nothing else: no
+    # OpenSSL default cipher list (CBC suites) sneaking back in.
+    checked = trio_dtlsmux.client_context(fingerprint=identity.fingerprint)
+    unchecked = _insecure_context(["h2"])
+    assert unchecked.get_verify_mode() == SSL.VERIFY_NONE
+    # set_options(0) adds nothing and returns the options in force (asked
+    # first: pyOpenSSL freezes a context once a Connection is made from it).
+    assert unchecked.set_options(0) == checked.set_options(0)
+    assert (
+        SSL.Connection(unchecked, None).get_cipher_list()
+        == SSL.Connection(checked, None).get_cipher_list()
+    )
+
+
 @pytest.mark.skipif(OPENSSL is None, reason="no openssl command line")
 async def test_openssl_s_client_talks_to_serve() -> None:
     assert OPENSSL is not None
@@ -412,6 +428,8 @@ async def test_bad_port_is_a_usage_error_from_the_real_entry_point() -> None:
             ["cafile", "cannot be read"],
         ),
         (["connect", "h:1", "--insecure", "--cafile", "x"], ["not allowed with"]),
+        (["connect", "h:1", "--insecure", "--alpn", "h\u00e9"], ["--alpn", "ASCII"]),
+        (["connect", "h:1", "--alpn", ""], ["--alpn", "1 to 255 bytes"]),
         (["demo", "--loss", "1.5"], ["--loss", "less than 1"]),
         (["demo", "--size", "3"], ["--size"]),
         (["demo", "--size", "16385"], ["--size", "8 to 16384"]),

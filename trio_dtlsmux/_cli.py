@@ -46,6 +46,7 @@ from ._console import (
     EXIT_INTERRUPTED,
     EXIT_OK,
     Parser,
+    alpn_protocol,
     fail,
     format_address,
     host_port,
@@ -70,14 +71,11 @@ from ._errors import (
 )
 from ._records import MAX_PLAINTEXT
 from ._statistics import EndpointStatistics
-from .contexts import client_context, self_signed, server_context
+from .contexts import _base_context, client_context, self_signed, server_context
 
 __all__ = ["build_parser", "main"]
 
 DEFAULT_PORT = 4433
-
-# DTLS 1.2 on the wire (RFC 6347); pyOpenSSL has no name for it.
-_DTLS1_2_VERSION = 0xFEFD
 
 _log = logging.getLogger("trio_dtlsmux.cli")
 
@@ -179,6 +177,7 @@ def build_parser(prog: str = "trio-dtlsmux") -> argparse.ArgumentParser:
     connect.add_argument(
         "--alpn",
         action="append",
+        type=alpn_protocol,
         metavar="PROTOCOL",
         help="offer this ALPN protocol (repeat for more, most preferred first)",
     )
@@ -549,15 +548,17 @@ async def _serve(
 
 
 def _insecure_context(alpn: Sequence[str] | None) -> SSL.Context:
-    context = SSL.Context(SSL.DTLS_METHOD)
-    context.set_min_proto_version(_DTLS1_2_VERSION)
-    context.set_max_proto_version(_DTLS1_2_VERSION)
+    """What :func:`client_context` builds, minus the certificate check.
+
+    It starts from the same base context (versions, cipher suites, options),
+    so that --insecure changes what is verified and nothing else: what the
+    client offers on the wire stays the library's choice.
+    """
+    context = _base_context()
     context.set_verify(SSL.VERIFY_NONE)
     if alpn:
-        try:
-            context.set_alpn_protos([name.encode("ascii") for name in alpn])
-        except (UnicodeEncodeError, SSL.Error, ValueError) as exc:
-            raise ValueError(f"unusable --alpn value: {exc}") from None
+        # The names were checked while parsing (alpn_protocol).
+        context.set_alpn_protos([name.encode("ascii") for name in alpn])
     return context
 
 

@@ -27,6 +27,7 @@ __all__ = [
     "EXIT_OK",
     "EXIT_USAGE",
     "Parser",
+    "alpn_protocol",
     "fail",
     "format_address",
     "host_port",
@@ -229,3 +230,18 @@ def whole_number(low: int, high: int) -> Callable[[str], int]:
         return value
 
     return parse
+
+
+def alpn_protocol(text: str) -> str:
+    """An ALPN protocol name: 1 to 255 ASCII bytes (RFC 7301, 3.1)."""
+    try:
+        size = len(text.encode("ascii"))
+    except UnicodeEncodeError:
+        raise argparse.ArgumentTypeError(
+            f"an ALPN protocol name must be ASCII, not {text!r}"
+        ) from None
+    if not 1 <= size <= 255:
+        raise argparse.ArgumentTypeError(
+            f"an ALPN protocol name must be 1 to 255 bytes long, not {size}"
+        )
+    return text

@@ -33,7 +33,7 @@ from OpenSSL import SSL
 from ._connection import DtlsConnection
 from ._endpoint import DtlsEndpoint
 from ._errors import HandshakeError
-from ._records import MAX_PLAINTEXT
+from ._records import MAX_PLAINTEXT, MAX_RECORD_OVERHEAD
 from .contexts import client_context, self_signed, server_context
 from .testing import FakeNetwork, NetworkConditions
 
@@ -53,10 +53,6 @@ LOSSY_EXCHANGES_AT_ONCE = 128
 # Every message starts with its peer and message number; the smallest
 # message the command line allows is this header alone.
 _HEADER = struct.Struct("!II")
-# Record header (13) plus the largest AEAD overhead (8-byte nonce, 16-byte
-# tag), with room to spare.
-_RECORD_OVERHEAD = 64
-
 _SERVER_PORT_ON_FAKE_NET = 4433
 _RCVBUF_WANTED = 4 * 1024 * 1024
 
@@ -203,7 +199,7 @@ class _Demo:
         self.client_context: SSL.Context = client_context(
             fingerprint=identity.fingerprint
         )
-        mtu = min(65507, max(1400, options.size + _RECORD_OVERHEAD))
+        mtu = min(65507, max(1400, options.size + MAX_RECORD_OVERHEAD))
         self.endpoint_options: dict[str, Any] = {"mtu": mtu}
         if self.lossy:
             # Loopback round trips take microseconds, not the internet's
@@ -247,7 +243,7 @@ class _Demo:
             buffer = 200_000
         # Each queued datagram costs its size plus roughly a kilobyte of
         # kernel bookkeeping; keep to half the buffer.
-        per_datagram = self.options.size + _RECORD_OVERHEAD + 1024
+        per_datagram = self.options.size + MAX_RECORD_OVERHEAD + 1024
         self.exchange_limit = max(
             1, min(EXCHANGES_AT_ONCE, buffer // (2 * per_datagram))
         )
