@@ -4,6 +4,7 @@ loopback UDP. Every wait is on the child's output or exit, bounded by
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import re
@@ -12,7 +13,7 @@ import signal
 import socket
 import subprocess
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -24,10 +25,13 @@ from OpenSSL import SSL
 
 import trio_dtlsmux
 from trio_dtlsmux import SelfSigned, _demo
-from trio_dtlsmux._cli import DEMO_MIN_SIZE, _insecure_context, main
+from trio_dtlsmux._cli import DEMO_MIN_SIZE, _insecure_context, _Session, main
 from trio_dtlsmux._console import format_address, host_port
 from trio_dtlsmux._demo import DemoOptions, percentile, run_demo
 from trio_dtlsmux._records import MAX_PLAINTEXT
+from trio_dtlsmux.testing import FakeNetwork, NetworkConditions
+
+from .conftest import echo
 
 OPENSSL = shutil.which("openssl")
 CLI = [sys.executable, "-m", "trio_dtlsmux"]
@@ -247,6 +251,138 @@ async def test_serve_echoes_for_connect_and_ctrl_c_says_goodbye(
     )
     # Both ends logged the same session's secret.
     assert client_lines[0] in server_lines
+
+
+async def test_connect_prints_the_replies_to_piped_input() -> None:
+    async with serve() as server:
+        command = [
+            *CLI,
+            "connect",
+            f"127.0.0.1:{server.port}",
+            "--fingerprint",
+            server.fingerprint,
+        ]
+        # All of the input is there at once and ends at once; the echoes
+        # come after it ended and must still be printed.
+        with trio.fail_after(START):
+            result = await trio.run_process(
+                command,
+                stdin=b"a\nb\n",
+                capture_stdout=True,
+                capture_stderr=True,
+                check=False,
+                env=child_env(),
+            )
+        assert result.returncode == 0, result.stderr.decode()
+        assert result.stdout == b"a\nb\n"
+        await server.stderr.until(b"closed by the peer (close_notify) (2 echoed)")
+
+        # The wait ends as soon as every message has had its reply, not
+        # when --wait runs out.
+        with trio.fail_after(STEP):
+            result = await trio.run_process(
+                [*command, "--wait", "600"],
+                stdin=b"one\ntwo\nthree",
+                capture_stdout=True,
+                capture_stderr=True,
+                check=False,
+                env=child_env(),
+            )
+        assert result.returncode == 0, result.stderr.decode()
+        assert result.stdout == b"one\ntwo\nthree"
+        await server.stderr.until(b"closed by the peer (close_notify) (3 echoed)")
+
+
+async def echo_first_only(conn: trio_dtlsmux.DtlsConnection) -> None:
+    first = True
+    async for message in conn:
+        if first:
+            await conn.send(message)
+            first = False
+
+
+@pytest.mark.parametrize(
+    ("server", "wait", "replies", "seconds"),
+    [
+        # Every message answered: done after one round trip.
+        (echo, 5.0, [b"first\n", b"second\n"], 0.1),
+        # One answer missing: it waits the whole 5 s for it, then closes.
+        (echo_first_only, 5.0, [b"first\n"], 5.0),
+        # --wait 0: closes at the end of input; the echoes are still out.
+        (echo, 0.0, [], 0.0),
+    ],
+    ids=["all-answered", "one-missing", "no-wait"],
+)
+async def test_connect_waits_for_replies_at_most_wait_seconds(
+    autojump_clock: trio.testing.MockClock,
+    identity: SelfSigned,
+    server: Callable[[trio_dtlsmux.DtlsConnection], Awaitable[None]],
+    wait: float,
+    replies: list[bytes],
+    seconds: float,
+) -> None:
+    # 50 ms each way, so that no reply can beat the end of the input.
+    net = FakeNetwork(conditions=NetworkConditions(delay=(0.05, 0.05)))
+    server_sock = net.socket()
+    await server_sock.bind(("10.0.0.1", 4433))
+    client_sock = net.socket()
+    await client_sock.bind(("10.0.0.2", 0))
+    closed = trio.Event()
+
+    async def handler(conn: trio_dtlsmux.DtlsConnection) -> None:
+        # The client's close_notify ends it either way: the loop stops at
+        # EndOfChannel, or an echo sent after it arrived raises PeerClosed.
+        with contextlib.suppress(trio_dtlsmux.PeerClosed):
+            await server(conn)
+        closed.set()
+
+    written: list[bytes] = []
+
+    def write(data: bytes) -> bool:
+        written.append(data)
+        return True
+
+    async with (
+        trio_dtlsmux.DtlsEndpoint(
+            server_sock, server_context=trio_dtlsmux.server_context(identity)
+        ) as server_ep,
+        trio_dtlsmux.DtlsEndpoint(client_sock) as client_ep,
+        trio.open_nursery() as nursery,
+    ):
+        await nursery.start(server_ep.serve, handler)
+        context = trio_dtlsmux.client_context(fingerprint=identity.fingerprint)
+        conn = await client_ep.connect(
+            ("10.0.0.1", 4433), context, server_hostname=False
+        )
+        session = _Session("connect", conn, "10.0.0.1:4433", wait=wait, write=write)
+        feed, source = trio.testing.memory_stream_one_way_pair()
+        await feed.send_all(b"first\nsecond\n")
+        await feed.aclose()
+        started = trio.current_time()
+        assert await session.run(source) == 0
+        elapsed = trio.current_time() - started
+        with trio.fail_after(1):
+            await closed.wait()
+        nursery.cancel_scope.cancel()
+    assert written == replies
+    assert (session.sent, session.received) == (2, len(replies))
+    assert elapsed == pytest.approx(seconds, abs=0.01)
+
+
+async def test_connect_ends_at_once_when_the_handshake_fails(
+    children: list[trio.Process],
+) -> None:
+    async with serve() as server:
+        wrong = trio_dtlsmux.self_signed().fingerprint
+        # Its input stays open: the failure alone must end the program.
+        client = await start_connect(
+            children, f"127.0.0.1:{server.port}", "--fingerprint", wrong
+        )
+        with trio.fail_after(START):
+            assert await client.wait() == 1
+        err = await Reader(client.stderr).rest()
+        assert_one_line_error(err, "handshake with", "certificate verification failed")
+        assert await Reader(client.stdout).rest() == b""
 
 
 async def test_connect_refuses_a_certificate_it_cannot_verify(

@@ -58,6 +58,7 @@ from ._console import (
     say,
     seconds,
     usage_error,
+    wait_seconds,
     warn,
     whole_number,
 )
@@ -147,8 +148,9 @@ def build_parser(prog: str = "trio-dtlsmux") -> argparse.ArgumentParser:
         help="send stdin's lines to a DTLS server, print what comes back",
         description="Connect to a DTLS 1.2 server. Each line read from stdin "
         "(newline included) is sent as one message; each message received is "
-        "written to stdout unchanged. End of input sends close_notify and "
-        "exits. The server's certificate is checked against the system's "
+        "written to stdout unchanged. At the end of input it waits until as "
+        "many messages have come back as it sent (at most --wait seconds), "
+        "then sends close_notify and exits. The server's certificate is checked against the system's "
         "trusted CAs and the host name unless told otherwise.",
     )
     connect.add_argument(
@@ -180,6 +182,14 @@ def build_parser(prog: str = "trio-dtlsmux") -> argparse.ArgumentParser:
         type=alpn_protocol,
         metavar="PROTOCOL",
         help="offer this ALPN protocol (repeat for more, most preferred first)",
+    )
+    connect.add_argument(
+        "--wait",
+        type=wait_seconds,
+        default=2.0,
+        metavar="S",
+        help="at the end of input, wait at most S seconds for the replies "
+        "still due; 0 does not wait (default: %(default)g)",
     )
     connect.add_argument(
         "--keylog",
@@ -599,6 +609,7 @@ def _connect_command(opts: argparse.Namespace, parser: argparse.ArgumentParser) 
             server_hostname,
             verification,
             keylog,
+            opts.wait,
             interrupted=EXIT_INTERRUPTED,
         )
     finally:
@@ -660,35 +671,58 @@ def _split_for_mtu(line: bytes, limit: int) -> list[bytes]:
 
 
 class _Session:
-    """One ``connect`` run: the pumps between stdio and the connection."""
+    """One ``connect`` run after the handshake: each line of the input goes
+    out as a message, each message that comes back is written out.
 
-    def __init__(self, prog: str, conn: DtlsConnection, peer: str) -> None:
+    The input may end before the replies arrive (piped input always does),
+    so at its end the session waits until as many messages have come back
+    as went out, for at most ``wait`` seconds, and only then says goodbye
+    with close_notify. Counting is the best it can do: DTLS messages carry
+    no request ids, and a server need not answer each message with one.
+    """
+
+    def __init__(
+        self,
+        prog: str,
+        conn: DtlsConnection,
+        peer: str,
+        *,
+        wait: float,
+        write: Callable[[bytes], bool] = _write_stdout,
+    ) -> None:
         self.prog = prog
         self.conn = conn
         self.peer = peer
+        self.wait = wait
+        self._write = write
         self.exit_code = EXIT_OK
+        self.sent = 0
+        self.received = 0
+        self._answered = trio.Event()
         self._warned_split = False
 
-    async def send_stdin(self, done: trio.CancelScope) -> None:
+    async def run(self, source: trio.abc.ReceiveStream) -> int:
+        """Send ``source``'s lines until it ends, wait for the replies and
+        close; or stop early when the connection ends. Returns the exit code."""
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._print_replies, nursery.cancel_scope)
+            if await self._send_input(source):
+                await self._wait_for_replies()
+                await self.conn.aclose()
+            nursery.cancel_scope.cancel()
+        return self.exit_code
+
+    async def _send_input(self, source: trio.abc.ReceiveStream) -> bool:
+        """Send every line of ``source``; False if the connection broke."""
         limit = self.conn.get_cleartext_mtu()
         pending = b""
-        async with open_stdin() as stdin:
-            while True:
-                chunk = await stdin.receive_some(65536)
-                if not chunk:
-                    break
-                pending += chunk
-                *lines, pending = pending.split(b"\n")
-                for line in lines:
-                    if not await self._send(line + b"\n", limit):
-                        done.cancel()
-                        return
-        if pending and not await self._send(pending, limit):
-            done.cancel()
-            return
-        # End of input: say goodbye properly.
-        await self.conn.aclose()
-        done.cancel()
+        while chunk := await source.receive_some(65536):
+            pending += chunk
+            *lines, pending = pending.split(b"\n")
+            for line in lines:
+                if not await self._send(line + b"\n", limit):
+                    return False
+        return not pending or await self._send(pending, limit)
 
     async def _send(self, message: bytes, limit: int) -> bool:
         pieces = [message] if len(message) <= limit else _split_for_mtu(message, limit)
@@ -700,6 +734,9 @@ class _Session:
                 f"can carry here ({limit} bytes); sending it in pieces",
             )
         for piece in pieces:
+            # Counted before it goes: its reply may be read before send()
+            # returns.
+            self.sent += 1
             try:
                 await self.conn.send(piece)
             except trio.BrokenResourceError as exc:
@@ -708,12 +745,22 @@ class _Session:
                 return False
         return True
 
-    async def print_replies(self, done: trio.CancelScope) -> None:
+    async def _wait_for_replies(self) -> None:
+        if self.wait <= 0 or self.received >= self.sent:
+            return
+        self._answered = trio.Event()
+        with trio.move_on_after(self.wait):
+            await self._answered.wait()
+
+    async def _print_replies(self, done: trio.CancelScope) -> None:
         try:
             async for message in self.conn:
-                if not _write_stdout(message):
+                if not self._write(message):
                     await self.conn.aclose()
                     break
+                self.received += 1
+                if self.received >= self.sent:
+                    self._answered.set()
             else:
                 print(
                     f"{self.prog}: {self.peer} closed the connection",
@@ -744,6 +791,7 @@ async def _connect(
     server_hostname: str | bool | None,
     verification: str,
     keylog: IO[bytes] | None,
+    wait: float,
 ) -> int:
     peer = format_address(host, port)
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
@@ -791,7 +839,7 @@ async def _connect(
                 fail(prog, f"cannot connect to {peer}: {exc}")
                 nursery.cancel_scope.cancel()
                 return EXIT_FAILURE
-            session = _Session(prog, conn, peer)
+            session = _Session(prog, conn, peer, wait=wait)
             alpn = conn.alpn_protocol
             details = ", ".join(
                 part
@@ -806,8 +854,9 @@ async def _connect(
             print(
                 f"{prog}: connected to {peer} ({details})", file=sys.stderr, flush=True
             )
-            nursery.start_soon(session.print_replies, nursery.cancel_scope)
-            nursery.start_soon(session.send_stdin, nursery.cancel_scope)
+            async with open_stdin() as stdin:
+                await session.run(stdin)
+            nursery.cancel_scope.cancel()  # the signal watcher
     if interrupted:
         return EXIT_INTERRUPTED
     assert session is not None

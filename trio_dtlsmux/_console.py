@@ -40,6 +40,7 @@ __all__ = [
     "say",
     "seconds",
     "usage_error",
+    "wait_seconds",
     "warn",
     "whole_number",
 ]
@@ -197,6 +198,16 @@ def seconds(text: str) -> float:
     if value <= 0:
         raise argparse.ArgumentTypeError(
             f"must be a positive number of seconds, not {text}"
+        )
+    return value
+
+
+def wait_seconds(text: str) -> float:
+    """Seconds to wait, where 0 means not at all."""
+    value = _number_of_seconds(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(
+            f"must be 0 (do not wait) or a positive number of seconds, not {text}"
         )
     return value
 
