@@ -25,7 +25,13 @@ from OpenSSL import SSL
 
 import trio_dtlsmux
 from trio_dtlsmux import SelfSigned, _demo
-from trio_dtlsmux._cli import DEMO_MIN_SIZE, _insecure_context, _Session, main
+from trio_dtlsmux._cli import (
+    DEMO_MIN_SIZE,
+    _insecure_context,
+    _Session,
+    build_parser,
+    main,
+)
 from trio_dtlsmux._console import format_address, host_port
 from trio_dtlsmux._demo import DemoOptions, percentile, run_demo
 from trio_dtlsmux._records import MAX_PLAINTEXT
@@ -254,7 +260,8 @@ async def test_serve_echoes_for_connect_and_ctrl_c_says_goodbye(
 
 
 async def test_connect_prints_the_replies_to_piped_input() -> None:
-    async with serve() as server:
+    # (The server is told never to reap, which the endpoint must accept.)
+    async with serve("--idle-timeout", "none") as server:
         command = [
             *CLI,
             "connect",
@@ -550,7 +557,11 @@ async def test_bad_port_is_a_usage_error_from_the_real_entry_point() -> None:
         ),
         (["serve", "--cert", "cert.pem"], ["--cert needs --key"]),
         (["serve", "--key", "key.pem"], ["--key needs --cert"]),
-        (["serve", "--idle-timeout", "-3"], ["--idle-timeout"]),
+        (["serve", "--idle-timeout", "-3"], ["--idle-timeout", "'none'"]),
+        # 0 is not "never": that is spelled none, as the API's None.
+        (["serve", "--idle-timeout", "0"], ["--idle-timeout", "'none'", "'0'"]),
+        (["serve", "--idle-timeout", "off"], ["--idle-timeout", "'none'"]),
+        (["serve", "--idle-timeout", "inf"], ["--idle-timeout", "'none'"]),
         (
             ["serve", "--keylog", "/nonexistent/dir/keys"],
             ["--keylog", "cannot be opened"],
@@ -581,6 +592,15 @@ def test_bad_arguments_exit_2_with_one_line(
     captured = capsys.readouterr()
     assert captured.out == ""
     assert_one_line_error(captured.err, "error:", *fragments)
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [([], 300.0), (["--idle-timeout", "2.5"], 2.5), (["--idle-timeout", "NONE"], None)],
+)
+def test_idle_timeout(argv: list[str], expected: float | None) -> None:
+    opts = build_parser().parse_args(["serve", *argv])
+    assert opts.idle_timeout == expected
 
 
 def test_key_that_does_not_match_the_certificate(

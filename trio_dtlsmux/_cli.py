@@ -126,8 +126,8 @@ def build_parser(prog: str = "trio-dtlsmux") -> argparse.ArgumentParser:
         type=idle_timeout_seconds,
         default=300.0,
         metavar="S",
-        help="forget a peer after S seconds of silence; 0 never does "
-        "(default: %(default)s)",
+        help="forget a peer after S seconds of silence; 'none' never does "
+        "(default: %(default)g)",
     )
     serve.add_argument(
         "--keylog",
@@ -512,11 +512,13 @@ async def _serve(
             )
             return EXIT_FAILURE
         host, port = sock.getsockname()[:2]
-        idle_timeout = opts.idle_timeout or None
         async with DtlsEndpoint(
-            sock, server_context=context, idle_timeout=idle_timeout, keylog=keylog
+            sock,
+            server_context=context,
+            idle_timeout=opts.idle_timeout,
+            keylog=keylog,
         ) as endpoint:
-            service = _EchoService(idle_timeout)
+            service = _EchoService(opts.idle_timeout)
             async with trio.open_nursery() as nursery:
                 await nursery.start(endpoint.serve, service)
                 target = format_address(_reachable_host(host), port)

@@ -212,14 +212,21 @@ def wait_seconds(text: str) -> float:
     return value
 
 
-def idle_timeout_seconds(text: str) -> float:
-    """Seconds, where 0 (or "none"/"off") means never."""
-    if text.strip().lower() in ("none", "off"):
-        return 0.0
-    value = _number_of_seconds(text)
-    if value < 0:
+def idle_timeout_seconds(text: str) -> float | None:
+    """Positive seconds, or ``none`` (any case) for never, as the library's
+    ``idle_timeout=None``. Zero is refused rather than read as "never": the
+    library refuses it too, and a zero that meant the opposite of a short
+    timeout would be a trap."""
+    if text.strip().lower() == "none":
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (value > 0 and math.isfinite(value)):
         raise argparse.ArgumentTypeError(
-            f"must be 0 (never) or a positive number of seconds, not {text}"
+            f"must be a positive number of seconds, or 'none' never to forget "
+            f"a silent peer; not {text!r}"
         )
     return value
 
