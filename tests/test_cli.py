@@ -155,6 +155,21 @@ async def start_connect(children: list[trio.Process], *args: str) -> trio.Proces
     return proc
 
 
+async def connect_with_input(
+    data: bytes, *args: str, within: float = START
+) -> subprocess.CompletedProcess[bytes]:
+    """``connect ARGS`` with ``data`` as all of its input, piped."""
+    with trio.fail_after(within):
+        return await trio.run_process(
+            [*CLI, "connect", *args],
+            stdin=data,
+            capture_stdout=True,
+            capture_stderr=True,
+            check=False,
+            env=child_env(),
+        )
+
+
 async def run_cli(
     *args: str, within: float = START, python: bool = False
 ) -> subprocess.CompletedProcess[bytes]:
@@ -262,39 +277,19 @@ async def test_serve_echoes_for_connect_and_ctrl_c_says_goodbye(
 async def test_connect_prints_the_replies_to_piped_input() -> None:
     # (The server is told never to reap, which the endpoint must accept.)
     async with serve("--idle-timeout", "none") as server:
-        command = [
-            *CLI,
-            "connect",
-            f"127.0.0.1:{server.port}",
-            "--fingerprint",
-            server.fingerprint,
-        ]
+        target = [f"127.0.0.1:{server.port}", "--fingerprint", server.fingerprint]
         # All of the input is there at once and ends at once; the echoes
         # come after it ended and must still be printed.
-        with trio.fail_after(START):
-            result = await trio.run_process(
-                command,
-                stdin=b"a\nb\n",
-                capture_stdout=True,
-                capture_stderr=True,
-                check=False,
-                env=child_env(),
-            )
+        result = await connect_with_input(b"a\nb\n", *target)
         assert result.returncode == 0, result.stderr.decode()
         assert result.stdout == b"a\nb\n"
         await server.stderr.until(b"closed by the peer (close_notify) (2 echoed)")
 
         # The wait ends as soon as every message has had its reply, not
         # when --wait runs out.
-        with trio.fail_after(STEP):
-            result = await trio.run_process(
-                [*command, "--wait", "600"],
-                stdin=b"one\ntwo\nthree",
-                capture_stdout=True,
-                capture_stderr=True,
-                check=False,
-                env=child_env(),
-            )
+        result = await connect_with_input(
+            b"one\ntwo\nthree", *target, "--wait", "600", within=STEP
+        )
         assert result.returncode == 0, result.stderr.decode()
         assert result.stdout == b"one\ntwo\nthree"
         await server.stderr.until(b"closed by the peer (close_notify) (3 echoed)")
@@ -462,6 +457,24 @@ def test_insecure_offers_what_the_library_offers(identity: SelfSigned) -> None:
     )
 
 
+async def test_serve_with_certificate_and_key_in_one_file(tmp_path: Path) -> None:
+    identity = trio_dtlsmux.self_signed()
+    cert, key = identity.write(tmp_path)
+    both = tmp_path / "both.pem"
+    both.write_bytes(cert.read_bytes() + key.read_bytes())
+    async with serve("--cert", str(both)) as server:
+        assert server.fingerprint == identity.fingerprint
+        assert f"certificate from {both}" in server.banner
+        result = await connect_with_input(
+            b"one file\n",
+            f"127.0.0.1:{server.port}",
+            "--fingerprint",
+            identity.fingerprint,
+        )
+        assert result.returncode == 0, result.stderr.decode()
+        assert result.stdout == b"one file\n"
+
+
 @pytest.mark.skipif(OPENSSL is None, reason="no openssl command line")
 async def test_openssl_s_client_talks_to_serve() -> None:
     assert OPENSSL is not None
@@ -555,7 +568,6 @@ async def test_bad_port_is_a_usage_error_from_the_real_entry_point() -> None:
             ],
             ["certfile", "/nonexistent/cert.pem", "cannot be read"],
         ),
-        (["serve", "--cert", "cert.pem"], ["--cert needs --key"]),
         (["serve", "--key", "key.pem"], ["--key needs --cert"]),
         (["serve", "--idle-timeout", "-3"], ["--idle-timeout", "'none'"]),
         # 0 is not "never": that is spelled none, as the API's None.
@@ -601,6 +613,16 @@ def test_bad_arguments_exit_2_with_one_line(
 def test_idle_timeout(argv: list[str], expected: float | None) -> None:
     opts = build_parser().parse_args(["serve", *argv])
     assert opts.idle_timeout == expected
+
+
+def test_cert_without_a_key_and_no_key_option(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cert, _ = trio_dtlsmux.self_signed().write(tmp_path)
+    with pytest.raises(SystemExit) as exited:
+        main(["serve", "--cert", str(cert)])
+    assert exited.value.code == 2
+    assert_one_line_error(capsys.readouterr().err, str(cert), "no private key", "--key")
 
 
 def test_key_that_does_not_match_the_certificate(

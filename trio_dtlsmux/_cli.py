@@ -119,8 +119,16 @@ def build_parser(prog: str = "trio-dtlsmux") -> argparse.ArgumentParser:
         default=DEFAULT_PORT,
         help="UDP port; 0 picks a free one (default: %(default)s)",
     )
-    serve.add_argument("--cert", metavar="PEM", help="certificate (chain) file")
-    serve.add_argument("--key", metavar="PEM", help="private key file of --cert")
+    serve.add_argument(
+        "--cert",
+        metavar="PEM",
+        help="certificate (chain) file; it may hold the private key too",
+    )
+    serve.add_argument(
+        "--key",
+        metavar="PEM",
+        help="private key file of --cert (default: read from the --cert file)",
+    )
     serve.add_argument(
         "--idle-timeout",
         type=idle_timeout_seconds,
@@ -309,11 +317,21 @@ def _open_keylog(
 # -- serve ---------------------------------------------------------------------
 
 
-def _certificate_fingerprint(path: str) -> str | None:
+def _read_quietly(path: str) -> bytes | None:
+    """The file's bytes, or None: server_context reports unreadable files."""
     try:
         with open(path, "rb") as stream:
-            certificates = x509.load_pem_x509_certificates(stream.read())
-    except (OSError, ValueError):
+            return stream.read()
+    except OSError:
+        return None
+
+
+def _certificate_fingerprint(pem: bytes | None) -> str | None:
+    if pem is None:
+        return None
+    try:
+        certificates = x509.load_pem_x509_certificates(pem)
+    except ValueError:
         return None
     digest = certificates[0].fingerprint(hashes.SHA256())
     return ":".join(f"{byte:02x}" for byte in digest)
@@ -322,11 +340,6 @@ def _certificate_fingerprint(path: str) -> str | None:
 def _serve_command(opts: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     if opts.cert is None and opts.key is not None:
         usage_error(parser, "--key needs --cert")
-    if opts.cert is not None and opts.key is None:
-        usage_error(
-            parser,
-            "--cert needs --key (or leave both out for a self-signed certificate)",
-        )
     if opts.cert is None:
         identity = self_signed()
         context = server_context(identity)
@@ -337,11 +350,21 @@ def _serve_command(opts: argparse.Namespace, parser: argparse.ArgumentParser) ->
             f"{identity.certificate.not_valid_after_utc:%Y-%m-%d})"
         )
     else:
+        pem = _read_quietly(opts.cert)
+        if opts.key is None and pem is not None and b"PRIVATE KEY-----" not in pem:
+            # Said here rather than by server_context, which cannot know
+            # that the key may come from an option called --key.
+            usage_error(
+                parser,
+                f"{opts.cert!r} holds no private key: name the key's file with "
+                "--key, or put the key in the same file after the certificate",
+            )
         try:
+            # Without --key, server_context reads the key from the cert file.
             context = server_context(opts.cert, opts.key)
         except (ValueError, TypeError) as exc:
             usage_error(parser, str(exc))
-        fingerprint = _certificate_fingerprint(opts.cert)
+        fingerprint = _certificate_fingerprint(pem)
         origin = f"certificate from {opts.cert}"
     keylog = _open_keylog(opts, parser)
     _setup_logging()
