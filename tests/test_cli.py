@@ -99,9 +99,9 @@ class Server:
     port: int
     fingerprint: str
 
-    async def interrupt(self) -> tuple[int, str]:
-        """Ctrl-C; returns the exit code and everything it logged."""
-        self.proc.send_signal(signal.SIGINT)
+    async def interrupt(self, signum: int = signal.SIGINT) -> tuple[int, str]:
+        """Ctrl-C (or ``signum``); returns the exit code and everything it logged."""
+        self.proc.send_signal(signum)
         with trio.fail_after(STEP):
             code = await self.proc.wait()
         return code, (await self.stderr.rest()).decode()
@@ -385,6 +385,15 @@ async def test_connect_ends_at_once_when_the_handshake_fails(
         err = await Reader(client.stderr).rest()
         assert_one_line_error(err, "handshake with", "certificate verification failed")
         assert await Reader(client.stdout).rest() == b""
+
+
+@posix_signals
+async def test_serve_stops_cleanly_on_sigterm() -> None:
+    async with serve() as server:
+        code, log = await server.interrupt(signal.SIGTERM)
+    assert code == 0, log
+    assert "SIGTERM: shutting down, sending close_notify to 0 peer(s)" in log
+    assert "Traceback" not in log
 
 
 async def test_connect_refuses_a_certificate_it_cannot_verify(
