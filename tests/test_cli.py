@@ -4,6 +4,7 @@ loopback UDP. Every wait is on the child's output or exit, bounded by
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import io
 import os
@@ -645,6 +646,30 @@ def test_key_that_does_not_match_the_certificate(
         main(["serve", "--cert", str(cert), "--key", str(other_key)])
     assert exited.value.code == 2
     assert_one_line_error(capsys.readouterr().err, "does not match", str(other_key))
+
+
+def test_the_cli_page_describes_every_option() -> None:
+    page = (Path(__file__).parent.parent / "docs" / "cli.rst").read_text()
+    documented: dict[str, set[str]] = {}
+    for section in re.split(r"^\.\. program:: ", page, flags=re.M)[1:]:
+        name, _, body = section.partition("\n")
+        documented[name.strip()] = set(re.findall(r"^\.\. option:: (\S+)", body, re.M))
+    parser = build_parser()
+    [commands] = [
+        action
+        for action in parser._actions
+        if isinstance(action, argparse._SubParsersAction)
+    ]
+    offered = {
+        name: {
+            option
+            for action in command._actions
+            for option in action.option_strings
+            if option not in ("-h", "--help")
+        }
+        for name, command in commands.choices.items()
+    }
+    assert documented == offered
 
 
 def test_version(capsys: pytest.CaptureFixture[str]) -> None:
