@@ -54,6 +54,7 @@ from ._console import (
     listen_port,
     one_line,
     peer_text,
+    probability,
     run_until_interrupted,
     say,
     seconds,
@@ -108,7 +109,7 @@ def build_parser(prog: str = "trio-dtlsmux") -> argparse.ArgumentParser:
         description="Run a DTLS 1.2 echo server: every message a peer sends "
         "comes back unchanged. Without --cert it makes a self-signed ECDSA "
         "P-256 certificate for this run and prints its fingerprint. Ctrl-C "
-        "sends close_notify to every peer and exits.",
+        "or SIGTERM sends close_notify to every peer and exits.",
     )
     serve.add_argument(
         "--host", default="127.0.0.1", help="address to bind (default: %(default)s)"
@@ -236,7 +237,7 @@ def build_parser(prog: str = "trio-dtlsmux") -> argparse.ArgumentParser:
     )
     demo.add_argument(
         "--loss",
-        type=_probability,
+        type=probability,
         default=0.0,
         help="share of datagrams to drop, 0 to <1; above 0 uses the simulated "
         "network (default: %(default)s)",
@@ -249,18 +250,6 @@ def build_parser(prog: str = "trio-dtlsmux") -> argparse.ArgumentParser:
     )
     demo.set_defaults(handler=_demo_command, subparser=demo)
     return parser
-
-
-def _probability(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, not {text!r}") from None
-    if not 0.0 <= value < 1.0:
-        raise argparse.ArgumentTypeError(
-            f"must be at least 0 and less than 1 (a probability), not {text}"
-        )
-    return value
 
 
 def _default_prog() -> str:

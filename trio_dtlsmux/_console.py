@@ -36,6 +36,7 @@ __all__ = [
     "listen_port",
     "one_line",
     "peer_text",
+    "probability",
     "run_until_interrupted",
     "say",
     "seconds",
@@ -248,6 +249,19 @@ def whole_number(low: int, high: int) -> Callable[[str], int]:
         return value
 
     return parse
+
+
+def probability(text: str) -> float:
+    """A share of something: at least 0, less than 1."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, not {text!r}") from None
+    if not 0.0 <= value < 1.0:
+        raise argparse.ArgumentTypeError(
+            f"must be at least 0 and less than 1 (a probability), not {text}"
+        )
+    return value
 
 
 def alpn_protocol(text: str) -> str:
