@@ -323,6 +323,7 @@ async def test_connect_waits_for_replies_at_most_wait_seconds(
     wait: float,
     replies: list[bytes],
     seconds: float,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     # 50 ms each way, so that no reply can beat the end of the input.
     net = FakeNetwork(conditions=NetworkConditions(delay=(0.05, 0.05)))
@@ -370,6 +371,8 @@ async def test_connect_waits_for_replies_at_most_wait_seconds(
     assert written == replies
     assert (session.sent, session.received) == (2, len(replies))
     assert elapsed == pytest.approx(seconds, abs=0.01)
+    note = "connect: 1 message(s) back for 2 sent when --wait (5 s) ran out\n"
+    assert capsys.readouterr().err == (note if server is echo_first_only else "")
 
 
 async def test_connect_ends_at_once_when_the_handshake_fails(

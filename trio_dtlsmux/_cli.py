@@ -763,8 +763,17 @@ class _Session:
         if self.wait <= 0 or self.received >= self.sent:
             return
         self._answered = trio.Event()
-        with trio.move_on_after(self.wait):
+        with trio.move_on_after(self.wait) as waiting:
             await self._answered.wait()
+        if waiting.cancelled_caught:
+            # Not an error (a server need not answer everything), but worth
+            # knowing when the output looks short.
+            print(
+                f"{self.prog}: {self.received} message(s) back for {self.sent} "
+                f"sent when --wait ({self.wait:g} s) ran out",
+                file=sys.stderr,
+                flush=True,
+            )
 
     async def _print_replies(self, done: trio.CancelScope) -> None:
         try:
