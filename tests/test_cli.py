@@ -4,6 +4,8 @@ loopback UDP. Every wait is on the child's output or exit, bounded by
 
 from __future__ import annotations
 
+import argparse
+import contextlib
 import io
 import os
 import re
@@ -12,7 +14,7 @@ import signal
 import socket
 import subprocess
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -20,11 +22,23 @@ import attrs
 import pytest
 import trio
 import trio.testing
+from OpenSSL import SSL
 
 import trio_dtlsmux
-from trio_dtlsmux import _demo
-from trio_dtlsmux._cli import format_address, host_port, main
+from trio_dtlsmux import SelfSigned, _demo
+from trio_dtlsmux._cli import (
+    DEMO_MIN_SIZE,
+    _insecure_context,
+    _Session,
+    build_parser,
+    main,
+)
+from trio_dtlsmux._console import format_address, host_port
 from trio_dtlsmux._demo import DemoOptions, percentile, run_demo
+from trio_dtlsmux._records import MAX_PLAINTEXT
+from trio_dtlsmux.testing import FakeNetwork, NetworkConditions
+
+from .conftest import echo
 
 OPENSSL = shutil.which("openssl")
 CLI = [sys.executable, "-m", "trio_dtlsmux"]
@@ -86,9 +100,9 @@ class Server:
     port: int
     fingerprint: str
 
-    async def interrupt(self) -> tuple[int, str]:
-        """Ctrl-C; returns the exit code and everything it logged."""
-        self.proc.send_signal(signal.SIGINT)
+    async def interrupt(self, signum: int = signal.SIGINT) -> tuple[int, str]:
+        """Ctrl-C (or ``signum``); returns the exit code and everything it logged."""
+        self.proc.send_signal(signum)
         with trio.fail_after(STEP):
             code = await self.proc.wait()
         return code, (await self.stderr.rest()).decode()
@@ -142,12 +156,28 @@ async def start_connect(children: list[trio.Process], *args: str) -> trio.Proces
     return proc
 
 
-async def run_cli(
-    *args: str, within: float = START
+async def connect_with_input(
+    data: bytes, *args: str, within: float = START
 ) -> subprocess.CompletedProcess[bytes]:
+    """``connect ARGS`` with ``data`` as all of its input, piped."""
     with trio.fail_after(within):
         return await trio.run_process(
-            [*CLI, *args],
+            [*CLI, "connect", *args],
+            stdin=data,
+            capture_stdout=True,
+            capture_stderr=True,
+            check=False,
+            env=child_env(),
+        )
+
+
+async def run_cli(
+    *args: str, within: float = START, python: bool = False
+) -> subprocess.CompletedProcess[bytes]:
+    """Run ``python -m trio_dtlsmux ARGS`` (``python ARGS`` if ``python``)."""
+    with trio.fail_after(within):
+        return await trio.run_process(
+            [sys.executable, *args] if python else [*CLI, *args],
             stdin=subprocess.DEVNULL,
             capture_stdout=True,
             capture_stderr=True,
@@ -245,6 +275,131 @@ async def test_serve_echoes_for_connect_and_ctrl_c_says_goodbye(
     assert client_lines[0] in server_lines
 
 
+async def test_connect_prints_the_replies_to_piped_input() -> None:
+    # (The server is told never to reap, which the endpoint must accept.)
+    async with serve("--idle-timeout", "none") as server:
+        target = [f"127.0.0.1:{server.port}", "--fingerprint", server.fingerprint]
+        # All of the input is there at once and ends at once; the echoes
+        # come after it ended and must still be printed.
+        result = await connect_with_input(b"a\nb\n", *target)
+        assert result.returncode == 0, result.stderr.decode()
+        assert result.stdout == b"a\nb\n"
+        await server.stderr.until(b"closed by the peer (close_notify) (2 echoed)")
+
+        # The wait ends as soon as every message has had its reply, not
+        # when --wait runs out.
+        result = await connect_with_input(
+            b"one\ntwo\nthree", *target, "--wait", "600", within=STEP
+        )
+        assert result.returncode == 0, result.stderr.decode()
+        assert result.stdout == b"one\ntwo\nthree"
+        await server.stderr.until(b"closed by the peer (close_notify) (3 echoed)")
+
+
+async def echo_first_only(conn: trio_dtlsmux.DtlsConnection) -> None:
+    first = True
+    async for message in conn:
+        if first:
+            await conn.send(message)
+            first = False
+
+
+@pytest.mark.parametrize(
+    ("server", "wait", "replies", "seconds"),
+    [
+        # Every message answered: done after one round trip.
+        (echo, 5.0, [b"first\n", b"second\n"], 0.1),
+        # One answer missing: it waits the whole 5 s for it, then closes.
+        (echo_first_only, 5.0, [b"first\n"], 5.0),
+        # --wait 0: closes at the end of input; the echoes are still out.
+        (echo, 0.0, [], 0.0),
+    ],
+    ids=["all-answered", "one-missing", "no-wait"],
+)
+async def test_connect_waits_for_replies_at_most_wait_seconds(
+    autojump_clock: trio.testing.MockClock,
+    identity: SelfSigned,
+    server: Callable[[trio_dtlsmux.DtlsConnection], Awaitable[None]],
+    wait: float,
+    replies: list[bytes],
+    seconds: float,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # 50 ms each way, so that no reply can beat the end of the input.
+    net = FakeNetwork(conditions=NetworkConditions(delay=(0.05, 0.05)))
+    server_sock = net.socket()
+    await server_sock.bind(("10.0.0.1", 4433))
+    client_sock = net.socket()
+    await client_sock.bind(("10.0.0.2", 0))
+    closed = trio.Event()
+
+    async def handler(conn: trio_dtlsmux.DtlsConnection) -> None:
+        # The client's close_notify ends it either way: the loop stops at
+        # EndOfChannel, or an echo sent after it arrived raises PeerClosed.
+        with contextlib.suppress(trio_dtlsmux.PeerClosed):
+            await server(conn)
+        closed.set()
+
+    written: list[bytes] = []
+
+    def write(data: bytes) -> bool:
+        written.append(data)
+        return True
+
+    async with (
+        trio_dtlsmux.DtlsEndpoint(
+            server_sock, server_context=trio_dtlsmux.server_context(identity)
+        ) as server_ep,
+        trio_dtlsmux.DtlsEndpoint(client_sock) as client_ep,
+        trio.open_nursery() as nursery,
+    ):
+        await nursery.start(server_ep.serve, handler)
+        context = trio_dtlsmux.client_context(fingerprint=identity.fingerprint)
+        conn = await client_ep.connect(
+            ("10.0.0.1", 4433), context, server_hostname=False
+        )
+        session = _Session("connect", conn, "10.0.0.1:4433", wait=wait, write=write)
+        feed, source = trio.testing.memory_stream_one_way_pair()
+        await feed.send_all(b"first\nsecond\n")
+        await feed.aclose()
+        started = trio.current_time()
+        assert await session.run(source) == 0
+        elapsed = trio.current_time() - started
+        with trio.fail_after(1):
+            await closed.wait()
+        nursery.cancel_scope.cancel()
+    assert written == replies
+    assert (session.sent, session.received) == (2, len(replies))
+    assert elapsed == pytest.approx(seconds, abs=0.01)
+    note = "connect: 1 message(s) back for 2 sent when --wait (5 s) ran out\n"
+    assert capsys.readouterr().err == (note if server is echo_first_only else "")
+
+
+async def test_connect_ends_at_once_when_the_handshake_fails(
+    children: list[trio.Process],
+) -> None:
+    async with serve() as server:
+        wrong = trio_dtlsmux.self_signed().fingerprint
+        # Its input stays open: the failure alone must end the program.
+        client = await start_connect(
+            children, f"127.0.0.1:{server.port}", "--fingerprint", wrong
+        )
+        with trio.fail_after(START):
+            assert await client.wait() == 1
+        err = await Reader(client.stderr).rest()
+        assert_one_line_error(err, "handshake with", "certificate verification failed")
+        assert await Reader(client.stdout).rest() == b""
+
+
+@posix_signals
+async def test_serve_stops_cleanly_on_sigterm() -> None:
+    async with serve() as server:
+        code, log = await server.interrupt(signal.SIGTERM)
+    assert code == 0, log
+    assert "SIGTERM: shutting down, sending close_notify to 0 peer(s)" in log
+    assert "Traceback" not in log
+
+
 async def test_connect_refuses_a_certificate_it_cannot_verify(
     children: list[trio.Process],
 ) -> None:
@@ -300,6 +455,39 @@ async def test_connect_over_ipv6_trusting_the_certificate_as_ca(
         assert "certificate verified for ::1" in err
 
 
+def test_insecure_offers_what_the_library_offers(identity: SelfSigned) -> None:
+    # --insecure turns the certificate check off and nothing else: no
+    # OpenSSL default cipher list (CBC suites) sneaking back in.
+    checked = trio_dtlsmux.client_context(fingerprint=identity.fingerprint)
+    unchecked = _insecure_context(["h2"])
+    assert unchecked.get_verify_mode() == SSL.VERIFY_NONE
+    # set_options(0) adds nothing and returns the options in force (asked
+    # first: pyOpenSSL freezes a context once a Connection is made from it).
+    assert unchecked.set_options(0) == checked.set_options(0)
+    assert (
+        SSL.Connection(unchecked, None).get_cipher_list()
+        == SSL.Connection(checked, None).get_cipher_list()
+    )
+
+
+async def test_serve_with_certificate_and_key_in_one_file(tmp_path: Path) -> None:
+    identity = trio_dtlsmux.self_signed()
+    cert, key = identity.write(tmp_path)
+    both = tmp_path / "both.pem"
+    both.write_bytes(cert.read_bytes() + key.read_bytes())
+    async with serve("--cert", str(both)) as server:
+        assert server.fingerprint == identity.fingerprint
+        assert f"certificate from {both}" in server.banner
+        result = await connect_with_input(
+            b"one file\n",
+            f"127.0.0.1:{server.port}",
+            "--fingerprint",
+            identity.fingerprint,
+        )
+        assert result.returncode == 0, result.stderr.decode()
+        assert result.stdout == b"one file\n"
+
+
 @pytest.mark.skipif(OPENSSL is None, reason="no openssl command line")
 async def test_openssl_s_client_talks_to_serve() -> None:
     assert OPENSSL is not None
@@ -332,6 +520,43 @@ async def test_openssl_s_client_talks_to_serve() -> None:
                 await proc.wait()
 
 
+# -- what each command loads ------------------------------------------------------
+
+
+async def test_children_run_this_checkout() -> None:
+    # Every other test here that starts `python -m trio_dtlsmux` assumes the
+    # child imports the same package as this process (the PYTHONPATH, not
+    # some other installed copy).
+    code = "import trio_dtlsmux; print(trio_dtlsmux.__file__)"
+    result = await run_cli("-c", code, python=True)
+    assert result.returncode == 0, result.stderr.decode()
+    assert result.stdout.decode().strip() == trio_dtlsmux.__file__
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        # Each gets past parsing into its command, and stops at a bad file.
+        ["serve", "--port", "0", "--cert", "/nonexistent/cert.pem"],
+        ["connect", "127.0.0.1:4433", "--cafile", "/nonexistent/ca.pem"],
+        ["--help"],
+    ],
+    ids=["serve", "connect", "help"],
+)
+async def test_serve_and_connect_do_not_load_the_demo(argv: list[str]) -> None:
+    result = await run_cli("-X", "importtime", "-m", "trio_dtlsmux", *argv, python=True)
+    imported = {
+        line.rpartition("|")[2].strip()
+        for line in result.stderr.decode().splitlines()
+        if line.startswith("import time:")
+    }
+    assert "trio_dtlsmux._cli" in imported, result.stderr.decode()[-2000:]
+    assert "trio_dtlsmux._demo" not in imported
+    assert "trio_dtlsmux.testing" not in imported
+    if argv == ["--help"]:
+        assert re.search(rb"\n +demo +run a server and many clients", result.stdout)
+
+
 # -- bad arguments ---------------------------------------------------------------
 
 
@@ -356,9 +581,12 @@ async def test_bad_port_is_a_usage_error_from_the_real_entry_point() -> None:
             ],
             ["certfile", "/nonexistent/cert.pem", "cannot be read"],
         ),
-        (["serve", "--cert", "cert.pem"], ["--cert needs --key"]),
         (["serve", "--key", "key.pem"], ["--key needs --cert"]),
-        (["serve", "--idle-timeout", "-3"], ["--idle-timeout"]),
+        (["serve", "--idle-timeout", "-3"], ["--idle-timeout", "'none'"]),
+        # 0 is not "never": that is spelled none, as the API's None.
+        (["serve", "--idle-timeout", "0"], ["--idle-timeout", "'none'", "'0'"]),
+        (["serve", "--idle-timeout", "off"], ["--idle-timeout", "'none'"]),
+        (["serve", "--idle-timeout", "inf"], ["--idle-timeout", "'none'"]),
         (
             ["serve", "--keylog", "/nonexistent/dir/keys"],
             ["--keylog", "cannot be opened"],
@@ -372,8 +600,11 @@ async def test_bad_port_is_a_usage_error_from_the_real_entry_point() -> None:
             ["cafile", "cannot be read"],
         ),
         (["connect", "h:1", "--insecure", "--cafile", "x"], ["not allowed with"]),
+        (["connect", "h:1", "--insecure", "--alpn", "h\u00e9"], ["--alpn", "ASCII"]),
+        (["connect", "h:1", "--alpn", ""], ["--alpn", "1 to 255 bytes"]),
         (["demo", "--loss", "1.5"], ["--loss", "less than 1"]),
         (["demo", "--size", "3"], ["--size"]),
+        (["demo", "--size", "16385"], ["--size", "8 to 16384"]),
         ([], ["COMMAND"]),
     ],
 )
@@ -388,6 +619,25 @@ def test_bad_arguments_exit_2_with_one_line(
     assert_one_line_error(captured.err, "error:", *fragments)
 
 
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [([], 300.0), (["--idle-timeout", "2.5"], 2.5), (["--idle-timeout", "NONE"], None)],
+)
+def test_idle_timeout(argv: list[str], expected: float | None) -> None:
+    opts = build_parser().parse_args(["serve", *argv])
+    assert opts.idle_timeout == expected
+
+
+def test_cert_without_a_key_and_no_key_option(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cert, _ = trio_dtlsmux.self_signed().write(tmp_path)
+    with pytest.raises(SystemExit) as exited:
+        main(["serve", "--cert", str(cert)])
+    assert exited.value.code == 2
+    assert_one_line_error(capsys.readouterr().err, str(cert), "no private key", "--key")
+
+
 def test_key_that_does_not_match_the_certificate(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -399,6 +649,30 @@ def test_key_that_does_not_match_the_certificate(
         main(["serve", "--cert", str(cert), "--key", str(other_key)])
     assert exited.value.code == 2
     assert_one_line_error(capsys.readouterr().err, "does not match", str(other_key))
+
+
+def test_the_cli_page_describes_every_option() -> None:
+    page = (Path(__file__).parent.parent / "docs" / "cli.rst").read_text()
+    documented: dict[str, set[str]] = {}
+    for section in re.split(r"^\.\. program:: ", page, flags=re.M)[1:]:
+        name, _, body = section.partition("\n")
+        documented[name.strip()] = set(re.findall(r"^\.\. option:: (\S+)", body, re.M))
+    parser = build_parser()
+    [commands] = [
+        action
+        for action in parser._actions
+        if isinstance(action, argparse._SubParsersAction)
+    ]
+    offered = {
+        name: {
+            option
+            for action in command._actions
+            for option in action.option_strings
+            if option not in ("-h", "--help")
+        }
+        for name, command in commands.choices.items()
+    }
+    assert documented == offered
 
 
 def test_version(capsys: pytest.CaptureFixture[str]) -> None:
@@ -479,6 +753,15 @@ async def test_demo_notices_a_wrong_echo(monkeypatch: pytest.MonkeyPatch) -> Non
         code = await run_demo(DemoOptions(peers=2, messages=3), out)
     assert code == 1
     assert "FAILED: 6 messages came back ALTERED" in out.getvalue()
+
+
+@pytest.mark.parametrize("size", [DEMO_MIN_SIZE, MAX_PLAINTEXT])
+async def test_demo_at_the_sizes_the_command_line_allows(size: int) -> None:
+    out = io.StringIO()
+    with trio.fail_after(START):
+        code = await run_demo(DemoOptions(peers=2, messages=3, size=size), out)
+    assert code == 0, out.getvalue()
+    assert "OK: every message came back intact" in out.getvalue()
 
 
 def test_percentile() -> None:

@@ -7,6 +7,12 @@
 * ``demo`` (in :mod:`._demo`) runs a server and many clients in one process
   and reports how fast it went.
 
+This module holds the parser of all three commands and runs ``serve`` and
+``connect``. What the commands share (exit codes, messages, argument types)
+is in :mod:`._console`. The demo's machinery, and the in-memory network it
+brings along (:mod:`trio_dtlsmux.testing`), is imported only when ``demo``
+runs, so that ``serve`` and ``connect`` never load it.
+
 Exit codes: 0 success (also after Ctrl-C for ``serve``), 1 failure at run
 time (a handshake or the network), 2 bad arguments, 130 ``connect``
 interrupted.
@@ -20,14 +26,13 @@ from __future__ import annotations
 
 import argparse
 import logging
-import math
 import os
 import signal
 import socket as _stdlib_socket
 import stat
 import sys
 from collections.abc import Awaitable, Callable, Sequence
-from typing import IO, Any, NoReturn
+from typing import IO, Any
 
 import trio
 from cryptography import x509
@@ -36,6 +41,28 @@ from OpenSSL import SSL
 
 from . import __version__
 from ._connection import DtlsConnection
+from ._console import (
+    EXIT_FAILURE,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    Parser,
+    alpn_protocol,
+    fail,
+    format_address,
+    host_port,
+    idle_timeout_seconds,
+    listen_port,
+    one_line,
+    peer_text,
+    probability,
+    run_until_interrupted,
+    say,
+    seconds,
+    usage_error,
+    wait_seconds,
+    warn,
+    whole_number,
+)
 from ._endpoint import DtlsEndpoint
 from ._errors import (
     ConnectionTimedOut,
@@ -44,172 +71,27 @@ from ._errors import (
     PeerClosed,
     PeerRestarted,
 )
+from ._records import MAX_PLAINTEXT
 from ._statistics import EndpointStatistics
-from .contexts import client_context, self_signed, server_context
+from .contexts import _base_context, client_context, self_signed, server_context
 
 __all__ = ["build_parser", "main"]
 
-EXIT_OK = 0
-EXIT_FAILURE = 1
-EXIT_USAGE = 2
-EXIT_INTERRUPTED = 130
-
 DEFAULT_PORT = 4433
-
-# DTLS 1.2 on the wire (RFC 6347); pyOpenSSL has no name for it.
-_DTLS1_2_VERSION = 0xFEFD
 
 _log = logging.getLogger("trio_dtlsmux.cli")
 
-
-# -- small helpers -------------------------------------------------------------
-
-
-def format_address(host: str, port: int) -> str:
-    """``host:port``, with IPv6 literals in brackets as URLs write them."""
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
-def _peer_text(address: Any) -> str:
-    try:
-        return format_address(str(address[0]), int(address[1]))
-    except (TypeError, IndexError, ValueError):
-        return repr(address)
-
-
-def _one_line(text: object) -> str:
-    return " ".join(str(text).split())
-
-
-def _say(text: str = "") -> None:
-    """A line on stdout, flushed at once (other programs wait for it)."""
-    print(text, flush=True)
-
-
-def _warn(prog: str, text: str) -> None:
-    print(f"{prog}: warning: {_one_line(text)}", file=sys.stderr, flush=True)
-
-
-def _fail(prog: str, text: str) -> None:
-    print(f"{prog}: error: {_one_line(text)}", file=sys.stderr, flush=True)
-
-
-def _leaves(exc: BaseException) -> list[BaseException]:
-    """The exceptions inside (nested) exception groups, or ``[exc]``."""
-    inner = getattr(exc, "exceptions", None)
-    if not isinstance(inner, tuple):
-        return [exc]
-    found: list[BaseException] = []
-    for item in inner:
-        if isinstance(item, BaseException):
-            found.extend(_leaves(item))
-    return found
-
-
-def run_until_interrupted(
-    async_fn: Callable[..., Awaitable[int]], *args: Any, interrupted: int
-) -> int:
-    """``trio.run`` that turns a Ctrl-C which slipped past our signal
-    handling (before it was installed, say) into an exit code."""
-    try:
-        return trio.run(async_fn, *args)
-    except BaseException as exc:
-        leaves = _leaves(exc)
-        if leaves and all(isinstance(leaf, KeyboardInterrupt) for leaf in leaves):
-            return interrupted
-        raise
-
-
-# -- argument types ------------------------------------------------------------
-
-
-class _Parser(argparse.ArgumentParser):
-    """An ``ArgumentParser`` whose errors are a single line on stderr."""
-
-    def error(self, message: str) -> NoReturn:
-        self.exit(
-            EXIT_USAGE,
-            f"{self.prog}: error: {_one_line(message)} (see {self.prog} --help)\n",
-        )
-
-
-def _port_number(text: str, *, minimum: int) -> int:
-    try:
-        port = int(text, 10)
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"port must be a number, not {text!r}"
-        ) from None
-    if not minimum <= port <= 65535:
-        raise argparse.ArgumentTypeError(
-            f"port must be from {minimum} to 65535, not {port}"
-        )
-    return port
-
-
-def _listen_port(text: str) -> int:
-    return _port_number(text, minimum=0)
-
-
-def host_port(text: str) -> tuple[str, int]:
-    """Parse ``HOST:PORT`` or ``[IPV6]:PORT``."""
-    if text.startswith("["):
-        end = text.find("]")
-        if end == -1 or text[end + 1 : end + 2] != ":":
-            raise argparse.ArgumentTypeError(
-                f"expected [IPV6-ADDRESS]:PORT, not {text!r}"
-            )
-        host, port_text = text[1:end], text[end + 2 :]
-    else:
-        host, colon, port_text = text.rpartition(":")
-        if not colon:
-            raise argparse.ArgumentTypeError(f"expected HOST:PORT, not {text!r}")
-        if ":" in host:
-            raise argparse.ArgumentTypeError(
-                f"put an IPv6 address in brackets, as in [::1]:{port_text or 4433}"
-            )
-    if not host:
-        raise argparse.ArgumentTypeError(f"the host is missing in {text!r}")
-    return host, _port_number(port_text, minimum=1)
-
-
-def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected a number of seconds, not {text!r}"
-        ) from None
-    if not (value > 0 and math.isfinite(value)):
-        raise argparse.ArgumentTypeError(
-            f"must be a positive number of seconds, not {text}"
-        )
-    return value
-
-
-def _idle_seconds(text: str) -> float:
-    """Seconds, where 0 (or "none"/"off") means never."""
-    if text.strip().lower() in ("none", "off"):
-        return 0.0
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected a number of seconds, not {text!r}"
-        ) from None
-    if not (value >= 0 and math.isfinite(value)):
-        raise argparse.ArgumentTypeError(
-            f"must be 0 (never) or a positive number of seconds, not {text}"
-        )
-    return value
+# The demo's bounds are checked here, while parsing, so that a bad value is
+# a usage error without loading the demo. A message must hold the demo's
+# header (peer and message number, 4 bytes each) and fit in one record
+# (MAX_PLAINTEXT); the demo's own tests run it at both ends of the range.
+DEMO_MAX_PEERS = 10_000
+DEMO_MIN_SIZE = 8
 
 
 def build_parser(prog: str = "trio-dtlsmux") -> argparse.ArgumentParser:
     """The argument parser of the whole command line."""
-    # Imported here so that ``serve`` and ``connect`` do not pay for it.
-    from . import _demo
-
-    parser = _Parser(
+    parser = Parser(
         prog=prog,
         description="DTLS 1.2 over one UDP socket, for Trio: an echo server, "
         "a line-based client and a load demo.",
@@ -227,26 +109,34 @@ def build_parser(prog: str = "trio-dtlsmux") -> argparse.ArgumentParser:
         description="Run a DTLS 1.2 echo server: every message a peer sends "
         "comes back unchanged. Without --cert it makes a self-signed ECDSA "
         "P-256 certificate for this run and prints its fingerprint. Ctrl-C "
-        "sends close_notify to every peer and exits.",
+        "or SIGTERM sends close_notify to every peer and exits.",
     )
     serve.add_argument(
         "--host", default="127.0.0.1", help="address to bind (default: %(default)s)"
     )
     serve.add_argument(
         "--port",
-        type=_listen_port,
+        type=listen_port,
         default=DEFAULT_PORT,
         help="UDP port; 0 picks a free one (default: %(default)s)",
     )
-    serve.add_argument("--cert", metavar="PEM", help="certificate (chain) file")
-    serve.add_argument("--key", metavar="PEM", help="private key file of --cert")
+    serve.add_argument(
+        "--cert",
+        metavar="PEM",
+        help="certificate (chain) file; it may hold the private key too",
+    )
+    serve.add_argument(
+        "--key",
+        metavar="PEM",
+        help="private key file of --cert (default: read from the --cert file)",
+    )
     serve.add_argument(
         "--idle-timeout",
-        type=_idle_seconds,
+        type=idle_timeout_seconds,
         default=300.0,
         metavar="S",
-        help="forget a peer after S seconds of silence; 0 never does "
-        "(default: %(default)s)",
+        help="forget a peer after S seconds of silence; 'none' never does "
+        "(default: %(default)g)",
     )
     serve.add_argument(
         "--keylog",
@@ -256,7 +146,7 @@ def build_parser(prog: str = "trio-dtlsmux") -> argparse.ArgumentParser:
     )
     serve.add_argument(
         "--stats-every",
-        type=_seconds,
+        type=seconds,
         metavar="S",
         help="print the endpoint's statistics every S seconds",
     )
@@ -267,8 +157,9 @@ def build_parser(prog: str = "trio-dtlsmux") -> argparse.ArgumentParser:
         help="send stdin's lines to a DTLS server, print what comes back",
         description="Connect to a DTLS 1.2 server. Each line read from stdin "
         "(newline included) is sent as one message; each message received is "
-        "written to stdout unchanged. End of input sends close_notify and "
-        "exits. The server's certificate is checked against the system's "
+        "written to stdout unchanged. At the end of input it waits until as "
+        "many messages have come back as it sent (at most --wait seconds), "
+        "then sends close_notify and exits. The server's certificate is checked against the system's "
         "trusted CAs and the host name unless told otherwise.",
     )
     connect.add_argument(
@@ -297,8 +188,17 @@ def build_parser(prog: str = "trio-dtlsmux") -> argparse.ArgumentParser:
     connect.add_argument(
         "--alpn",
         action="append",
+        type=alpn_protocol,
         metavar="PROTOCOL",
         help="offer this ALPN protocol (repeat for more, most preferred first)",
+    )
+    connect.add_argument(
+        "--wait",
+        type=wait_seconds,
+        default=2.0,
+        metavar="S",
+        help="at the end of input, wait at most S seconds for the replies "
+        "still due; 0 does not wait (default: %(default)g)",
     )
     connect.add_argument(
         "--keylog",
@@ -307,7 +207,48 @@ def build_parser(prog: str = "trio-dtlsmux") -> argparse.ArgumentParser:
     )
     connect.set_defaults(handler=_connect_command, subparser=connect)
 
-    _demo.add_demo_parser(commands)
+    demo = commands.add_parser(
+        "demo",
+        help="run a server and many clients in this process and measure them",
+        description="Start a DTLS echo server and PEERS clients, each with its "
+        "own UDP socket, in this one process. Every client handshakes, then "
+        "sends MESSAGES messages one at a time and checks each echo. Prints "
+        "the rates, latencies and losses. With --loss the datagrams cross a "
+        "simulated network that drops that share of them instead of the "
+        "loopback interface.",
+    )
+    demo.add_argument(
+        "--peers",
+        type=whole_number(1, DEMO_MAX_PEERS),
+        default=100,
+        help="client peers (default: %(default)s)",
+    )
+    demo.add_argument(
+        "--messages",
+        type=whole_number(0, 1_000_000),
+        default=100,
+        help="round trips per peer (default: %(default)s)",
+    )
+    demo.add_argument(
+        "--size",
+        type=whole_number(DEMO_MIN_SIZE, MAX_PLAINTEXT),
+        default=100,
+        help="bytes per message (default: %(default)s)",
+    )
+    demo.add_argument(
+        "--loss",
+        type=probability,
+        default=0.0,
+        help="share of datagrams to drop, 0 to <1; above 0 uses the simulated "
+        "network (default: %(default)s)",
+    )
+    demo.add_argument(
+        "--seed",
+        type=whole_number(0, 2**32 - 1),
+        default=1,
+        help="seed of the simulated network (default: %(default)s)",
+    )
+    demo.set_defaults(handler=_demo_command, subparser=demo)
     return parser
 
 
@@ -328,11 +269,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     handler: Callable[[argparse.Namespace, argparse.ArgumentParser], int]
     handler = opts.handler
     return handler(opts, opts.subparser)
-
-
-def _usage_error(parser: argparse.ArgumentParser, message: str) -> NoReturn:
-    """Exit 2 with one line: for what argparse could not check itself."""
-    parser.exit(EXIT_USAGE, f"{parser.prog}: error: {_one_line(message)}\n")
 
 
 # -- the key log ---------------------------------------------------------------
@@ -359,22 +295,32 @@ def _open_keylog(
     except OSError as exc:
         reason = exc.strerror or str(exc)
         if from_environment:
-            _warn(
+            warn(
                 parser.prog,
                 f"SSLKEYLOGFILE {path!r} cannot be opened ({reason}); not logging keys",
             )
             return None
-        _usage_error(parser, f"--keylog {path!r} cannot be opened: {reason}")
+        usage_error(parser, f"--keylog {path!r} cannot be opened: {reason}")
 
 
 # -- serve ---------------------------------------------------------------------
 
 
-def _certificate_fingerprint(path: str) -> str | None:
+def _read_quietly(path: str) -> bytes | None:
+    """The file's bytes, or None: server_context reports unreadable files."""
     try:
         with open(path, "rb") as stream:
-            certificates = x509.load_pem_x509_certificates(stream.read())
-    except (OSError, ValueError):
+            return stream.read()
+    except OSError:
+        return None
+
+
+def _certificate_fingerprint(pem: bytes | None) -> str | None:
+    if pem is None:
+        return None
+    try:
+        certificates = x509.load_pem_x509_certificates(pem)
+    except ValueError:
         return None
     digest = certificates[0].fingerprint(hashes.SHA256())
     return ":".join(f"{byte:02x}" for byte in digest)
@@ -382,12 +328,7 @@ def _certificate_fingerprint(path: str) -> str | None:
 
 def _serve_command(opts: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     if opts.cert is None and opts.key is not None:
-        _usage_error(parser, "--key needs --cert")
-    if opts.cert is not None and opts.key is None:
-        _usage_error(
-            parser,
-            "--cert needs --key (or leave both out for a self-signed certificate)",
-        )
+        usage_error(parser, "--key needs --cert")
     if opts.cert is None:
         identity = self_signed()
         context = server_context(identity)
@@ -398,11 +339,21 @@ def _serve_command(opts: argparse.Namespace, parser: argparse.ArgumentParser) ->
             f"{identity.certificate.not_valid_after_utc:%Y-%m-%d})"
         )
     else:
+        pem = _read_quietly(opts.cert)
+        if opts.key is None and pem is not None and b"PRIVATE KEY-----" not in pem:
+            # Said here rather than by server_context, which cannot know
+            # that the key may come from an option called --key.
+            usage_error(
+                parser,
+                f"{opts.cert!r} holds no private key: name the key's file with "
+                "--key, or put the key in the same file after the certificate",
+            )
         try:
+            # Without --key, server_context reads the key from the cert file.
             context = server_context(opts.cert, opts.key)
         except (ValueError, TypeError) as exc:
-            _usage_error(parser, str(exc))
-        fingerprint = _certificate_fingerprint(opts.cert)
+            usage_error(parser, str(exc))
+        fingerprint = _certificate_fingerprint(pem)
         origin = f"certificate from {opts.cert}"
     keylog = _open_keylog(opts, parser)
     _setup_logging()
@@ -468,7 +419,7 @@ class _EchoService:
         self.active = 0
 
     async def __call__(self, conn: DtlsConnection) -> None:
-        peer = _peer_text(conn.peer_address)
+        peer = peer_text(conn.peer_address)
         self.active += 1
         details = ", ".join(
             part
@@ -491,7 +442,7 @@ class _EchoService:
                 except ValueError as exc:
                     # Bigger than our MTU allows (the peer's may be larger):
                     # drop this one rather than the server.
-                    _log.warning("%s message not echoed: %s", peer, _one_line(exc))
+                    _log.warning("%s message not echoed: %s", peer, one_line(exc))
                     continue
                 echoed += 1
         except trio.Cancelled:
@@ -521,7 +472,7 @@ class _EchoService:
         except PeerClosed:
             _log.info("%s closed by the peer (close_notify) (%d echoed)", peer, echoed)
         except trio.BrokenResourceError as exc:
-            _log.info("%s lost: %s (%d echoed)", peer, _one_line(exc), echoed)
+            _log.info("%s lost: %s (%d echoed)", peer, one_line(exc), echoed)
         except trio.ClosedResourceError:
             _log.info("%s closed: server shutting down (%d echoed)", peer, echoed)
         else:
@@ -550,7 +501,7 @@ def format_statistics(stats: EndpointStatistics) -> str:
 async def _print_statistics(endpoint: DtlsEndpoint, every: float) -> None:
     while True:
         await trio.sleep(every)
-        _say(format_statistics(endpoint.statistics()))
+        say(format_statistics(endpoint.statistics()))
 
 
 async def _serve(
@@ -567,34 +518,36 @@ async def _serve(
         try:
             sock = await _bind(opts.host, opts.port)
         except OSError as exc:
-            _fail(
+            fail(
                 prog,
                 f"cannot listen on {format_address(opts.host, opts.port)}: {exc.strerror or exc}",
             )
             return EXIT_FAILURE
         host, port = sock.getsockname()[:2]
-        idle_timeout = opts.idle_timeout or None
         async with DtlsEndpoint(
-            sock, server_context=context, idle_timeout=idle_timeout, keylog=keylog
+            sock,
+            server_context=context,
+            idle_timeout=opts.idle_timeout,
+            keylog=keylog,
         ) as endpoint:
-            service = _EchoService(idle_timeout)
+            service = _EchoService(opts.idle_timeout)
             async with trio.open_nursery() as nursery:
                 await nursery.start(endpoint.serve, service)
                 target = format_address(_reachable_host(host), port)
-                _say(f"trio-dtlsmux {__version__}: DTLS 1.2 echo server")
-                _say(f"certificate: {origin}")
+                say(f"trio-dtlsmux {__version__}: DTLS 1.2 echo server")
+                say(f"certificate: {origin}")
                 if fingerprint is not None:
-                    _say(f"SHA-256 fingerprint: {fingerprint}")
-                _say("talk to it with:")
-                _say(f"  openssl s_client -dtls1_2 -connect {target}")
+                    say(f"SHA-256 fingerprint: {fingerprint}")
+                say("talk to it with:")
+                say(f"  openssl s_client -dtls1_2 -connect {target}")
                 if fingerprint is not None:
-                    _say(
+                    say(
                         f"  python -m trio_dtlsmux connect {target} "
                         f"--fingerprint {fingerprint}"
                     )
                 if keylog is not None:
-                    _say(f"key log: {getattr(keylog, 'name', keylog)}")
-                _say(f"listening on {format_address(host, port)} (Ctrl-C to stop)")
+                    say(f"key log: {getattr(keylog, 'name', keylog)}")
+                say(f"listening on {format_address(host, port)} (Ctrl-C to stop)")
                 if opts.stats_every is not None:
                     nursery.start_soon(_print_statistics, endpoint, opts.stats_every)
                 async for signum in signals:
@@ -619,15 +572,17 @@ async def _serve(
 
 
 def _insecure_context(alpn: Sequence[str] | None) -> SSL.Context:
-    context = SSL.Context(SSL.DTLS_METHOD)
-    context.set_min_proto_version(_DTLS1_2_VERSION)
-    context.set_max_proto_version(_DTLS1_2_VERSION)
+    """What :func:`client_context` builds, minus the certificate check.
+
+    It starts from the same base context (versions, cipher suites, options),
+    so that --insecure changes what is verified and nothing else: what the
+    client offers on the wire stays the library's choice.
+    """
+    context = _base_context()
     context.set_verify(SSL.VERIFY_NONE)
     if alpn:
-        try:
-            context.set_alpn_protos([name.encode("ascii") for name in alpn])
-        except (UnicodeEncodeError, SSL.Error, ValueError) as exc:
-            raise ValueError(f"unusable --alpn value: {exc}") from None
+        # The names were checked while parsing (alpn_protocol).
+        context.set_alpn_protos([name.encode("ascii") for name in alpn])
     return context
 
 
@@ -650,10 +605,10 @@ def _connect_command(opts: argparse.Namespace, parser: argparse.ArgumentParser) 
             trusted = opts.cafile or "the system's CAs"
             verification = f"certificate verified for {host} by {trusted}"
     except (ValueError, TypeError) as exc:
-        _usage_error(parser, str(exc))
+        usage_error(parser, str(exc))
     keylog = _open_keylog(opts, parser)
     if opts.insecure:
-        _warn(
+        warn(
             parser.prog,
             "--insecure: the server's certificate is not checked, so anyone on "
             "the path can pose as the server",
@@ -668,6 +623,7 @@ def _connect_command(opts: argparse.Namespace, parser: argparse.ArgumentParser) 
             server_hostname,
             verification,
             keylog,
+            opts.wait,
             interrupted=EXIT_INTERRUPTED,
         )
     finally:
@@ -729,60 +685,105 @@ def _split_for_mtu(line: bytes, limit: int) -> list[bytes]:
 
 
 class _Session:
-    """One ``connect`` run: the pumps between stdio and the connection."""
+    """One ``connect`` run after the handshake: each line of the input goes
+    out as a message, each message that comes back is written out.
 
-    def __init__(self, prog: str, conn: DtlsConnection, peer: str) -> None:
+    The input may end before the replies arrive (piped input always does),
+    so at its end the session waits until as many messages have come back
+    as went out, for at most ``wait`` seconds, and only then says goodbye
+    with close_notify. Counting is the best it can do: DTLS messages carry
+    no request ids, and a server need not answer each message with one.
+    """
+
+    def __init__(
+        self,
+        prog: str,
+        conn: DtlsConnection,
+        peer: str,
+        *,
+        wait: float,
+        write: Callable[[bytes], bool] = _write_stdout,
+    ) -> None:
         self.prog = prog
         self.conn = conn
         self.peer = peer
+        self.wait = wait
+        self._write = write
         self.exit_code = EXIT_OK
+        self.sent = 0
+        self.received = 0
+        self._answered = trio.Event()
         self._warned_split = False
 
-    async def send_stdin(self, done: trio.CancelScope) -> None:
+    async def run(self, source: trio.abc.ReceiveStream) -> int:
+        """Send ``source``'s lines until it ends, wait for the replies and
+        close; or stop early when the connection ends. Returns the exit code."""
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._print_replies, nursery.cancel_scope)
+            if await self._send_input(source):
+                await self._wait_for_replies()
+                await self.conn.aclose()
+            nursery.cancel_scope.cancel()
+        return self.exit_code
+
+    async def _send_input(self, source: trio.abc.ReceiveStream) -> bool:
+        """Send every line of ``source``; False if the connection broke."""
         limit = self.conn.get_cleartext_mtu()
         pending = b""
-        async with open_stdin() as stdin:
-            while True:
-                chunk = await stdin.receive_some(65536)
-                if not chunk:
-                    break
-                pending += chunk
-                *lines, pending = pending.split(b"\n")
-                for line in lines:
-                    if not await self._send(line + b"\n", limit):
-                        done.cancel()
-                        return
-        if pending and not await self._send(pending, limit):
-            done.cancel()
-            return
-        # End of input: say goodbye properly.
-        await self.conn.aclose()
-        done.cancel()
+        while chunk := await source.receive_some(65536):
+            pending += chunk
+            *lines, pending = pending.split(b"\n")
+            for line in lines:
+                if not await self._send(line + b"\n", limit):
+                    return False
+        return not pending or await self._send(pending, limit)
 
     async def _send(self, message: bytes, limit: int) -> bool:
         pieces = [message] if len(message) <= limit else _split_for_mtu(message, limit)
         if len(pieces) > 1 and not self._warned_split:
             self._warned_split = True
-            _warn(
+            warn(
                 self.prog,
                 f"a line of {len(message)} bytes is longer than one DTLS record "
                 f"can carry here ({limit} bytes); sending it in pieces",
             )
         for piece in pieces:
+            # Counted before it goes: its reply may be read before send()
+            # returns.
+            self.sent += 1
             try:
                 await self.conn.send(piece)
             except trio.BrokenResourceError as exc:
-                _fail(self.prog, f"connection to {self.peer} lost: {exc}")
+                fail(self.prog, f"connection to {self.peer} lost: {exc}")
                 self.exit_code = EXIT_FAILURE
                 return False
         return True
 
-    async def print_replies(self, done: trio.CancelScope) -> None:
+    async def _wait_for_replies(self) -> None:
+        if self.wait <= 0 or self.received >= self.sent:
+            return
+        self._answered = trio.Event()
+        with trio.move_on_after(self.wait) as waiting:
+            await self._answered.wait()
+        if waiting.cancelled_caught:
+            # Not an error (a server need not answer everything), but worth
+            # knowing when the output looks short.
+            print(
+                f"{self.prog}: {self.received} message(s) back for {self.sent} "
+                f"sent when --wait ({self.wait:g} s) ran out",
+                file=sys.stderr,
+                flush=True,
+            )
+
+    async def _print_replies(self, done: trio.CancelScope) -> None:
         try:
             async for message in self.conn:
-                if not _write_stdout(message):
+                if not self._write(message):
                     await self.conn.aclose()
                     break
+                self.received += 1
+                if self.received >= self.sent:
+                    self._answered.set()
             else:
                 print(
                     f"{self.prog}: {self.peer} closed the connection",
@@ -792,7 +793,7 @@ class _Session:
         except trio.ClosedResourceError:
             return  # we closed it; whoever did will finish up
         except trio.BrokenResourceError as exc:
-            _fail(self.prog, f"connection to {self.peer} lost: {exc}")
+            fail(self.prog, f"connection to {self.peer} lost: {exc}")
             self.exit_code = EXIT_FAILURE
         done.cancel()
 
@@ -813,6 +814,7 @@ async def _connect(
     server_hostname: str | bool | None,
     verification: str,
     keylog: IO[bytes] | None,
+    wait: float,
 ) -> int:
     peer = format_address(host, port)
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
@@ -823,7 +825,7 @@ async def _connect(
             family = infos[0][0]
             sock = trio.socket.socket(family, _stdlib_socket.SOCK_DGRAM)
         except OSError as exc:
-            _fail(prog, f"cannot reach {peer}: {exc.strerror or exc}")
+            fail(prog, f"cannot reach {peer}: {exc.strerror or exc}")
             return EXIT_FAILURE
         try:
             await sock.bind(
@@ -831,7 +833,7 @@ async def _connect(
             )
         except OSError as exc:
             sock.close()
-            _fail(prog, f"cannot reach {peer}: {exc.strerror or exc}")
+            fail(prog, f"cannot reach {peer}: {exc.strerror or exc}")
             return EXIT_FAILURE
         session: _Session | None = None
         interrupted = False
@@ -853,14 +855,14 @@ async def _connect(
                     (host, port), context, server_hostname=server_hostname
                 )
             except HandshakeError as exc:
-                _fail(prog, f"handshake with {peer} failed: {exc.reason}")
+                fail(prog, f"handshake with {peer} failed: {exc.reason}")
                 nursery.cancel_scope.cancel()  # the signal watcher
                 return EXIT_FAILURE
             except (OSError, ValueError) as exc:
-                _fail(prog, f"cannot connect to {peer}: {exc}")
+                fail(prog, f"cannot connect to {peer}: {exc}")
                 nursery.cancel_scope.cancel()
                 return EXIT_FAILURE
-            session = _Session(prog, conn, peer)
+            session = _Session(prog, conn, peer, wait=wait)
             alpn = conn.alpn_protocol
             details = ", ".join(
                 part
@@ -875,9 +877,61 @@ async def _connect(
             print(
                 f"{prog}: connected to {peer} ({details})", file=sys.stderr, flush=True
             )
-            nursery.start_soon(session.print_replies, nursery.cancel_scope)
-            nursery.start_soon(session.send_stdin, nursery.cancel_scope)
+            async with open_stdin() as stdin:
+                await session.run(stdin)
+            nursery.cancel_scope.cancel()  # the signal watcher
     if interrupted:
         return EXIT_INTERRUPTED
     assert session is not None
     return session.exit_code
+
+
+# -- demo ----------------------------------------------------------------------
+
+
+def _demo_command(opts: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    # Imported here rather than at the top: the demo brings the in-memory
+    # network (trio_dtlsmux.testing), which serve and connect never use and
+    # should not pay for at every start. There is no cycle to hide: _demo
+    # imports nothing from this module.
+    from ._demo import DemoOptions, run_demo
+
+    options = DemoOptions(
+        peers=opts.peers,
+        messages=opts.messages,
+        size=opts.size,
+        loss=opts.loss,
+        seed=opts.seed,
+    )
+    if options.loss == 0:
+        problem = _ensure_descriptors(options.peers + 64)
+        if problem is not None:
+            parser.error(problem)
+    try:
+        return run_until_interrupted(run_demo, options, interrupted=EXIT_INTERRUPTED)
+    finally:
+        # A progress line may have been left without its newline.
+        sys.stdout.flush()
+
+
+def _ensure_descriptors(needed: int) -> str | None:
+    """Raise the open-file limit to ``needed`` if allowed; a reason if not."""
+    if sys.platform == "win32":
+        return None
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY or soft >= needed:
+        return None
+    target = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    except (ValueError, OSError):
+        target = soft
+    if target >= needed:
+        return None
+    return (
+        f"--peers needs about {needed} open files (one socket per peer), but "
+        f"this process may open only {target}; raise the limit (ulimit -n) or "
+        "use fewer peers"
+    )

@@ -19,7 +19,6 @@ an error.
 
 from __future__ import annotations
 
-import argparse
 import math
 import socket as _stdlib_socket
 import struct
@@ -34,10 +33,11 @@ from OpenSSL import SSL
 from ._connection import DtlsConnection
 from ._endpoint import DtlsEndpoint
 from ._errors import HandshakeError
+from ._records import MAX_PLAINTEXT, MAX_RECORD_OVERHEAD
 from .contexts import client_context, self_signed, server_context
 from .testing import FakeNetwork, NetworkConditions
 
-__all__ = ["DemoOptions", "add_demo_parser", "run_demo"]
+__all__ = ["DemoOptions", "run_demo"]
 
 #: Handshakes in flight at once. Each costs a few milliseconds of CPU (ECDSA
 #: signatures, ECDH); more at once only stretches every one of them.
@@ -50,16 +50,9 @@ EXCHANGES_AT_ONCE = 16
 #: time waiting out lost round trips rather than using the CPU.
 LOSSY_EXCHANGES_AT_ONCE = 128
 
-_HEADER = struct.Struct("!II")  # peer number, message number
-MIN_SIZE = _HEADER.size
-# A record carries at most 2**14 bytes of plaintext (RFC 6347 4.1, RFC 5246
-# 6.2.1), and DTLS never splits a message across records.
-MAX_SIZE = 16_384
-MAX_PEERS = 10_000
-# Record header (13) plus the largest AEAD overhead (8-byte nonce, 16-byte
-# tag), with room to spare.
-_RECORD_OVERHEAD = 64
-
+# Every message starts with its peer and message number; the smallest
+# message the command line allows is this header alone.
+_HEADER = struct.Struct("!II")
 _SERVER_PORT_ON_FAKE_NET = 4433
 _RCVBUF_WANTED = 4 * 1024 * 1024
 
@@ -126,7 +119,8 @@ class _Countdown:
         return False
 
 
-_PATTERN = bytes(range(256)) * (MAX_SIZE // 256 + 2)
+# Long enough for the largest message, one record's plaintext.
+_PATTERN = bytes(range(256)) * (MAX_PLAINTEXT // 256 + 2)
 
 
 def payload(peer: int, number: int, size: int) -> bytes:
@@ -205,7 +199,7 @@ class _Demo:
         self.client_context: SSL.Context = client_context(
             fingerprint=identity.fingerprint
         )
-        mtu = min(65507, max(1400, options.size + _RECORD_OVERHEAD))
+        mtu = min(65507, max(1400, options.size + MAX_RECORD_OVERHEAD))
         self.endpoint_options: dict[str, Any] = {"mtu": mtu}
         if self.lossy:
             # Loopback round trips take microseconds, not the internet's
@@ -249,7 +243,7 @@ class _Demo:
             buffer = 200_000
         # Each queued datagram costs its size plus roughly a kilobyte of
         # kernel bookkeeping; keep to half the buffer.
-        per_datagram = self.options.size + _RECORD_OVERHEAD + 1024
+        per_datagram = self.options.size + MAX_RECORD_OVERHEAD + 1024
         self.exchange_limit = max(
             1, min(EXCHANGES_AT_ONCE, buffer // (2 * per_datagram))
         )
@@ -571,124 +565,3 @@ async def run_demo(options: DemoOptions, out: IO[str] | None = None) -> int:
     """Run the demo inside Trio; returns the exit code (1 if a message that
     should have come back did not, or came back altered)."""
     return await _Demo(options, out if out is not None else sys.stdout).run()
-
-
-# -- command line ----------------------------------------------------------------
-
-
-def _bounded_int(low: int, high: int) -> Any:
-    def parse(text: str) -> int:
-        try:
-            value = int(text, 10)
-        except ValueError:
-            raise argparse.ArgumentTypeError(
-                f"expected a whole number, not {text!r}"
-            ) from None
-        if not low <= value <= high:
-            raise argparse.ArgumentTypeError(
-                f"must be from {low} to {high}, not {value}"
-            )
-        return value
-
-    return parse
-
-
-def _loss(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, not {text!r}") from None
-    if not 0.0 <= value < 1.0:
-        raise argparse.ArgumentTypeError(
-            f"must be at least 0 and less than 1 (a probability), not {text}"
-        )
-    return value
-
-
-def add_demo_parser(commands: Any) -> None:
-    """Add the ``demo`` subcommand to the main parser's subparsers."""
-    demo = commands.add_parser(
-        "demo",
-        help="run a server and many clients in this process and measure them",
-        description="Start a DTLS echo server and PEERS clients, each with its "
-        "own UDP socket, in this one process. Every client handshakes, then "
-        "sends MESSAGES messages one at a time and checks each echo. Prints "
-        "the rates, latencies and losses. With --loss the datagrams cross a "
-        "simulated network that drops that share of them instead of the "
-        "loopback interface.",
-    )
-    demo.add_argument(
-        "--peers",
-        type=_bounded_int(1, MAX_PEERS),
-        default=100,
-        help="client peers (default: %(default)s)",
-    )
-    demo.add_argument(
-        "--messages",
-        type=_bounded_int(0, 1_000_000),
-        default=100,
-        help="round trips per peer (default: %(default)s)",
-    )
-    demo.add_argument(
-        "--size",
-        type=_bounded_int(MIN_SIZE, MAX_SIZE),
-        default=100,
-        help="bytes per message (default: %(default)s)",
-    )
-    demo.add_argument(
-        "--loss",
-        type=_loss,
-        default=0.0,
-        help="share of datagrams to drop, 0 to <1; above 0 uses the simulated network (default: %(default)s)",
-    )
-    demo.add_argument(
-        "--seed",
-        type=_bounded_int(0, 2**32 - 1),
-        default=1,
-        help="seed of the simulated network (default: %(default)s)",
-    )
-    demo.set_defaults(handler=_demo_command, subparser=demo)
-
-
-def _ensure_descriptors(needed: int) -> str | None:
-    """Raise the open-file limit to ``needed`` if allowed; a reason if not."""
-    if sys.platform == "win32":
-        return None
-    import resource
-
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft == resource.RLIM_INFINITY or soft >= needed:
-        return None
-    target = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
-    try:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
-    except (ValueError, OSError):
-        target = soft
-    if target >= needed:
-        return None
-    return (
-        f"--peers needs about {needed} open files (one socket per peer), but "
-        f"this process may open only {target}; raise the limit (ulimit -n) or "
-        "use fewer peers"
-    )
-
-
-def _demo_command(opts: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    options = DemoOptions(
-        peers=opts.peers,
-        messages=opts.messages,
-        size=opts.size,
-        loss=opts.loss,
-        seed=opts.seed,
-    )
-    if options.loss == 0:
-        problem = _ensure_descriptors(options.peers + 64)
-        if problem is not None:
-            parser.error(problem)
-    from ._cli import EXIT_INTERRUPTED, run_until_interrupted
-
-    try:
-        return run_until_interrupted(run_demo, options, interrupted=EXIT_INTERRUPTED)
-    finally:
-        # A progress line may have been left without its newline.
-        sys.stdout.flush()
