@@ -3,7 +3,7 @@
 ::
 
     with trio_dtlsmux.metrics.register(endpoint):
-        await nursery.start(trio_dtlsmux.metrics.serve_metrics, 9464)
+        await nursery.start(trio_dtlsmux.metrics.serve_metrics, 9433)
         ...
 
 Theory of operation
@@ -100,23 +100,23 @@ _PREFIX = "trio_dtlsmux_"
 # ServiceMonitor target an "endpoint" label, and would rename ours.
 _LABEL = "dtls_endpoint"
 
-COUNTER_WORDS: frozenset[str] = frozenset(
-    {
-        "completed",
-        "dropped",
-        "drops",
-        "errors",
-        "failed",
-        "failures",
-        "reaped",
-        "received",
-        "rejected",
-        "restarted",
-        "retransmissions",
-        "sent",
-    }
+COUNTER_WORDS: tuple[str, ...] = (
+    "completed",
+    "dropped",
+    "drops",
+    "errors",
+    "failed",
+    "failures",
+    "reaped",
+    "received",
+    "rejected",
+    "restarted",
+    "retransmissions",
+    "sent",
 )
-"""Words that make a field the table does not know a counter (see above)."""
+"""A statistics field that this module has no entry for is a counter if
+one of these is a word of its name, or if the name ends in ``_in`` or
+``_out``; otherwise it is a gauge."""
 
 _COUNTER = "counter"
 _GAUGE = "gauge"
@@ -175,7 +175,7 @@ def _metric_type(field: str) -> str:
 
 def _type_by_name(field: str) -> str:
     words = field.split("_")
-    if words[-1] in ("in", "out") or not COUNTER_WORDS.isdisjoint(words):
+    if words[-1] in ("in", "out") or not set(words).isdisjoint(COUNTER_WORDS):
         return _COUNTER
     return _GAUGE
 
