@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import functools
 import importlib
+import re
 import socket
 import sys
 import threading
 import urllib.error
 import urllib.request
 from collections.abc import Mapping
+from pathlib import Path
 
 import attrs
 import pytest
@@ -323,3 +325,13 @@ def test_import_without_prometheus_client_says_what_to_install(
     monkeypatch.delitem(sys.modules, "trio_dtlsmux.metrics")
     with pytest.raises(ImportError, match=r"pip install trio-dtlsmux\[metrics\]"):
         importlib.import_module("trio_dtlsmux.metrics")
+
+
+def test_the_howto_lists_every_metric() -> None:
+    page = Path(__file__).resolve().parent.parent / "docs" / "howto" / "metrics.rst"
+    # The first column of the table's rows.
+    listed = set(re.findall(r"\* - ``(trio_dtlsmux_\w+)``", page.read_text()))
+    described = set()
+    for family in tm.register(registry=CollectorRegistry()).describe():
+        described.add(family.name + ("_total" if family.type == "counter" else ""))
+    assert listed == described
