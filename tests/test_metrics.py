@@ -246,7 +246,8 @@ async def test_a_scrape_from_another_thread_reads_in_the_trio_thread() -> None:
     # No autojump clock: time must not race ahead while the worker thread runs.
     net = FakeNetwork()
     registry = CollectorRegistry()
-    async with FutureEndpoint(await fake_socket(net, *SERVER)) as ep:
+    ep = FutureEndpoint(await fake_socket(net, *SERVER))
+    async with ep:
         tm.register(ep, registry=registry, names=["ep"])
         ep.calls = []
         with trio.fail_after(10):

@@ -83,6 +83,7 @@ try:
         GaugeMetricFamily,
         Metric,
     )
+    from prometheus_client.registry import Collector
 except ImportError as exc:
     raise ImportError(
         "trio_dtlsmux.metrics needs prometheus-client: "
@@ -234,7 +235,7 @@ class _Entry:
     token: trio.lowlevel.TrioToken
 
 
-class EndpointCollector:
+class EndpointCollector(Collector):
     """Exports the statistics of some endpoints; made by :func:`register`.
 
     It is a ``prometheus_client`` collector (``collect`` and ``describe``),
