@@ -32,7 +32,7 @@ def lint(session: nox.Session) -> None:
 @nox.session
 def typecheck(session: nox.Session) -> None:
     """mypy --strict on the package, and pyright's view of the public API."""
-    session.install("-e", ".", "mypy>=1.10", "pyright")
+    session.install("-e", ".[metrics]", "mypy>=1.10", "pyright")
     session.run("mypy", "--strict", "trio_dtlsmux")
     session.run(
         "pyright", "--verifytypes", "trio_dtlsmux", "--ignoreexternal", success_codes=[0, 1]

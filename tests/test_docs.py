@@ -13,6 +13,7 @@ import ast
 import importlib.util
 import re
 import stat
+import urllib.request
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from types import ModuleType
@@ -138,6 +139,7 @@ TESTED = {
     "howto_alpn",
     "howto_webrtc",
     "howto_tuning",
+    "howto_metrics",
     "howto_keylog",
     "howto_testing",
     "howto_nat",
@@ -438,6 +440,40 @@ async def test_howto_tuning(net: FakeNetwork) -> None:
         assert endpoint.statistics().peers == 0
     with pytest.raises(TypeError, match="unknown DtlsEndpoint option"):
         trio_dtlsmux.DtlsEndpoint(await fake_udp(net), idle_timout=5)
+
+
+async def test_howto_metrics(certs: tuple[str, str]) -> None:
+    # Real loopback and real HTTP: scrapes are answered by a thread.
+    from prometheus_client.parser import text_string_to_metric_families
+
+    howto = load("howto_metrics")
+    server_sock = await real_udp()
+    name = f"{LOCAL}:{server_sock.getsockname()[1]}"
+
+    def scrape(url: str) -> dict[str, float]:
+        with urllib.request.urlopen(url, timeout=10) as response:
+            text = response.read().decode()
+        return {
+            sample.name: sample.value
+            for family in text_string_to_metric_families(text)
+            for sample in family.samples
+            if sample.labels.get("dtls_endpoint") == name
+        }
+
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            server_context = trio_dtlsmux.server_context(*certs)
+            host, port = await nursery.start(howto.main, server_sock, server_context, 0)
+            assert host == LOCAL
+            async with trio_dtlsmux.DtlsEndpoint(await real_udp()) as client:
+                context = trio_dtlsmux.client_context(cafile=certs[0])
+                conn = await client.connect((LOCAL, server_sock.getsockname()[1]), context)
+                await conn.send(b"ping")
+                assert await conn.receive() == b"ping"
+                samples = await trio.to_thread.run_sync(scrape, f"http://{host}:{port}/metrics")
+            assert samples["trio_dtlsmux_handshakes_completed_total"] == 1
+            assert samples["trio_dtlsmux_peers"] == 1
+            nursery.cancel_scope.cancel()
 
 
 async def test_howto_keylog(
