@@ -1,0 +1,385 @@
+"""Reassembly of fragmented ClientHellos, driven by hand with an explicit ``now``."""
+
+from __future__ import annotations
+
+import itertools
+import random
+
+import pytest
+
+from trio_dtlsmux import _records as rec
+from trio_dtlsmux._reassembly import (
+    HelloReassembler,
+    opens_with_whole_hello,
+    parse_hello_fragments_untrusted,
+)
+
+from .test_records import HELLO
+
+ADDR = ("192.0.2.1", 1111)
+OTHER = ("192.0.2.7", 7777)
+
+
+def fragment(
+    offset: int,
+    body: bytes,
+    *,
+    length: int,
+    message_seq: int = 0,
+    record_seq: int = 0,
+    version: int = rec.DTLS1_0_VERSION,
+    msg_type: int = rec.HS_CLIENT_HELLO,
+) -> bytes:
+    """One record carrying one handshake fragment."""
+    payload = rec.encode_handshake_fragment(msg_type, length, message_seq, offset, body)
+    return rec.encode_record(rec.HANDSHAKE, version, 0, record_seq, payload)
+
+
+def split(message: bytes, cuts: list[int], **kwargs: int) -> list[bytes]:
+    """``message`` as fragment records cut at ``cuts``, record seqs 0, 1, ..."""
+    bounds = [0, *sorted(cuts), len(message)]
+    return [
+        fragment(a, message[a:b], length=len(message), record_seq=i, **kwargs)
+        for i, (a, b) in enumerate(itertools.pairwise(bounds))
+    ]
+
+
+def whole(message: bytes, *, message_seq: int = 0, record_seq: int = 0) -> bytes:
+    """What the reassembler must return for ``message``."""
+    return fragment(
+        0, message, length=len(message), message_seq=message_seq, record_seq=record_seq
+    )
+
+
+BODY = HELLO[rec.RECORD_HEADER_SIZE + rec.HANDSHAKE_HEADER_SIZE :]
+
+
+# -- the common case costs nothing ------------------------------------------
+
+
+def test_whole_hello_passes_through_untouched() -> None:
+    table = HelloReassembler()
+    assert opens_with_whole_hello(HELLO)
+    assert table.feed_untrusted(ADDR, HELLO, 0.0) is HELLO
+    assert len(table) == 0
+    assert set(table.counters.snapshot().values()) == {0}
+
+
+def test_a_split_hello_comes_back_as_the_original() -> None:
+    # What our own association does to a hello that does not fit its MTU:
+    # every piece keeps the original record sequence number.
+    [record] = rec.parse_records_untrusted(HELLO)
+    pieces = [piece.encode() for piece in rec.split_handshake_record(record, 100)]
+    assert len(pieces) > 2
+    table = HelloReassembler()
+    results = [table.feed_untrusted(ADDR, piece, 0.0) for piece in pieces]
+    assert results[:-1] == [None] * (len(pieces) - 1)
+    assert results[-1] == HELLO
+    assert rec.parse_client_hello_untrusted(HELLO) == rec.parse_client_hello_untrusted(
+        results[-1]
+    )
+    assert len(table) == 0 and table.bytes_held == 0
+    assert table.counters.fragments_accepted == len(pieces)
+    assert table.counters.hellos_reassembled == 1
+
+
+def test_record_seq_and_version_come_from_offset_zero() -> None:
+    pieces = split(BODY, [50, 120], message_seq=1)
+    # Offset 0 travels in record 0; deliver it last and re-label the others.
+    first, *rest = pieces
+    relabelled = [
+        fragment(
+            f.fragment_offset,
+            f.body,
+            length=len(BODY),
+            message_seq=1,
+            record_seq=40 + i,
+            version=rec.DTLS1_2_VERSION,
+        )
+        for i, piece in enumerate(rest)
+        for f in rec.parse_handshake_fragments_untrusted(
+            piece[rec.RECORD_HEADER_SIZE :]
+        )
+    ]
+    table = HelloReassembler()
+    assert [table.feed_untrusted(ADDR, p, 0.0) for p in relabelled] == [None, None]
+    out = table.feed_untrusted(ADDR, first, 0.0)
+    assert out == whole(BODY, message_seq=1, record_seq=0)
+    [record] = rec.parse_records_untrusted(out)
+    assert (record.version, record.seq) == (rec.DTLS1_0_VERSION, 0)
+
+
+def test_the_first_copy_of_offset_zero_gives_the_record_seq() -> None:
+    original = split(BODY, [100])
+    retransmitted = [
+        fragment(0, BODY[:100], length=len(BODY), record_seq=9),
+        fragment(100, BODY[100:], length=len(BODY), record_seq=10),
+    ]
+    table = HelloReassembler()
+    assert table.feed_untrusted(ADDR, original[0], 0.0) is None
+    assert table.feed_untrusted(ADDR, retransmitted[0], 1.0) is None
+    assert table.feed_untrusted(ADDR, retransmitted[1], 1.0) == whole(
+        BODY, record_seq=0
+    )
+
+
+def test_fragments_packed_in_one_datagram() -> None:
+    a, b, c = split(BODY, [70, 140])
+    table = HelloReassembler()
+    assert table.feed_untrusted(ADDR, c + a, 0.0) is None
+    assert table.feed_untrusted(ADDR, b, 0.0) == whole(BODY)
+
+
+def test_a_hello_whole_in_one_datagram_never_enters_the_table() -> None:
+    table = HelloReassembler(max_entries=1)
+    assert table.feed_untrusted(OTHER, split(BODY, [10])[0], 0.0) is None
+    assert table.feed_untrusted(ADDR, b"".join(split(BODY, [30, 60])), 0.0) == whole(
+        BODY
+    )
+    assert len(table) == 1  # OTHER was not evicted
+    assert table.counters.entries_evicted == 0
+
+
+def test_overlaps_that_agree_are_merged() -> None:
+    table = HelloReassembler()
+    length = len(BODY)
+    for start, end in [
+        (100, 180),
+        (0, 120),
+        (150, length - 10),
+        (90, 110),
+        (length - 20, length),
+    ]:
+        out = table.feed_untrusted(
+            ADDR, fragment(start, BODY[start:end], length=length), 0.0
+        )
+    assert out == whole(BODY)
+    assert table.counters.fragments_accepted == 5
+
+
+def test_a_repeat_after_completion_starts_afresh() -> None:
+    pieces = split(BODY, [100])
+    table = HelloReassembler()
+    for piece in pieces:
+        out = table.feed_untrusted(ADDR, piece, 0.0)
+    assert out == whole(BODY)
+    assert table.feed_untrusted(ADDR, pieces[0], 0.1) is None
+    assert len(table) == 1
+
+
+# -- conflicts and replacement ------------------------------------------------
+
+
+def test_overlap_that_disagrees_drops_the_entry() -> None:
+    length = len(BODY)
+    changed = BODY[:60] + b"X" * 40 + BODY[100:]
+    table = HelloReassembler()
+    assert (
+        table.feed_untrusted(ADDR, fragment(0, BODY[:100], length=length), 0.0) is None
+    )
+    # Bytes 60..100 disagree: the old entry goes, the newcomer starts afresh.
+    assert (
+        table.feed_untrusted(ADDR, fragment(50, changed[50:150], length=length), 0.0)
+        is None
+    )
+    assert table.counters.entries_conflicting == 1
+    assert len(table) == 1
+    out = table.feed_untrusted(ADDR, fragment(0, changed[:50], length=length), 0.0)
+    assert out is None  # 150.. is still missing: nothing of the old entry is kept
+    out = table.feed_untrusted(ADDR, fragment(150, changed[150:], length=length), 0.0)
+    assert out == whole(changed)
+
+
+def test_a_datagram_that_contradicts_itself_is_dropped() -> None:
+    length = len(BODY)
+    datagram = fragment(0, BODY[:80], length=length) + fragment(
+        40, b"Y" * 80, length=length
+    )
+    table = HelloReassembler()
+    assert table.feed_untrusted(ADDR, datagram, 0.0) is None
+    assert table.counters.entries_conflicting == 1
+    assert len(table) == 0
+
+
+def test_another_message_from_the_same_address_replaces_the_entry() -> None:
+    first = split(BODY, [100], message_seq=0)
+    second = split(BODY + b"\x00" * 32, [100], message_seq=1)
+    table = HelloReassembler()
+    assert table.feed_untrusted(ADDR, first[0], 0.0) is None
+    assert table.feed_untrusted(OTHER, first[0], 0.0) is None
+    assert table.feed_untrusted(ADDR, second[1], 0.0) is None
+    assert table.counters.entries_replaced == 1
+    assert len(table) == 2
+    # The first message cannot be finished any more; the second can.
+    assert table.feed_untrusted(ADDR, second[0], 0.0) == whole(
+        BODY + b"\x00" * 32, message_seq=1
+    )
+    # A different length is a different message too.
+    assert table.feed_untrusted(OTHER, split(BODY[:-1], [100])[1], 0.0) is None
+    assert table.counters.entries_replaced == 2
+
+
+# -- bounds -------------------------------------------------------------------
+
+
+def test_a_hello_longer_than_the_limit_is_refused() -> None:
+    table = HelloReassembler(max_message_bytes=len(BODY) - 1)
+    assert table.feed_untrusted(ADDR, split(BODY, [100])[0], 0.0) is None
+    assert table.counters.datagrams_too_big == 1
+    assert len(table) == 0 and table.bytes_held == 0
+    exact = HelloReassembler(max_message_bytes=len(BODY))
+    for piece in split(BODY, [100]):
+        out = exact.feed_untrusted(ADDR, piece, 0.0)
+    assert out == whole(BODY)
+
+
+def test_entries_expire_lifetime_after_their_first_fragment() -> None:
+    a, b, c = split(BODY, [60, 120])
+    table = HelloReassembler(lifetime=5.0)
+    assert table.deadline == float("inf")
+    assert table.feed_untrusted(ADDR, a, 10.0) is None
+    assert table.deadline == 15.0
+    assert table.feed_untrusted(ADDR, b, 14.9) is None
+    assert table.deadline == 15.0  # later fragments do not extend the lifetime
+    table.expire(14.99)
+    assert len(table) == 1
+    # At 15.0 the entry is gone; the last fragment starts a new one.
+    assert table.feed_untrusted(ADDR, c, 15.0) is None
+    assert table.counters.entries_expired == 1
+    assert table.deadline == 20.0
+    table.expire(20.0)
+    assert len(table) == 0 and table.bytes_held == 0
+    assert table.counters.entries_expired == 2
+
+
+def test_the_oldest_entry_is_evicted_first() -> None:
+    pieces = split(BODY, [100])
+    table = HelloReassembler(max_entries=3)
+    addresses = [("192.0.2.1", port) for port in range(5)]
+    for i, address in enumerate(addresses):
+        assert table.feed_untrusted(address, pieces[0], float(i)) is None
+    assert len(table) == 3
+    assert table.counters.entries_evicted == 2
+    assert table.bytes_held == 3 * len(BODY)
+    # Ports 0 and 1 are gone: their second half starts an entry (evicting 2).
+    assert table.feed_untrusted(addresses[0], pieces[1], 5.0) is None
+    assert table.counters.entries_evicted == 3
+    # Ports 3 and 4 are still there.
+    assert table.feed_untrusted(addresses[3], pieces[1], 5.0) == whole(BODY)
+    assert table.feed_untrusted(addresses[4], pieces[1], 5.0) == whole(BODY)
+    assert len(table) == 1
+
+
+def test_scattered_fragments_are_refused_beyond_max_ranges() -> None:
+    length = len(BODY)
+    table = HelloReassembler(max_ranges=2)
+
+    def piece(a: int, b: int) -> bytes:
+        return fragment(a, BODY[a:b], length=length)
+
+    assert table.feed_untrusted(ADDR, piece(0, 10), 0.0) is None
+    assert table.feed_untrusted(ADDR, piece(20, 30), 0.0) is None
+    assert table.feed_untrusted(ADDR, piece(40, 50), 0.0) is None  # a third range
+    assert table.counters.fragments_scattered == 1
+    # Closing a gap is always allowed, and makes room again.
+    assert table.feed_untrusted(ADDR, piece(10, 20), 0.0) is None
+    assert table.feed_untrusted(ADDR, piece(40, 50), 0.0) is None
+    assert table.feed_untrusted(ADDR, piece(30, 40), 0.0) is None
+    assert table.feed_untrusted(ADDR, piece(50, length), 0.0) == whole(BODY)
+    assert table.counters.fragments_scattered == 1
+
+
+def test_constructor_checks_its_limits() -> None:
+    with pytest.raises(ValueError, match="max_entries"):
+        HelloReassembler(max_entries=0)
+    with pytest.raises(ValueError, match="max_message_bytes"):
+        HelloReassembler(max_message_bytes=rec.MAX_PLAINTEXT)
+    with pytest.raises(ValueError, match="lifetime"):
+        HelloReassembler(lifetime=0)
+    with pytest.raises(ValueError, match="max_ranges"):
+        HelloReassembler(max_ranges=0)
+
+
+# -- malformed input ----------------------------------------------------------
+
+
+def malformed_datagrams() -> list[bytes]:
+    good = split(BODY, [100])[0]
+    epoch_1 = bytearray(good)
+    epoch_1[3:5] = b"\x00\x01"
+    return [
+        b"",
+        good[:20],
+        good[:-1],
+        bytes(epoch_1),
+        rec.encode_record(rec.APPLICATION_DATA, rec.DTLS1_2_VERSION, 0, 0, good[13:]),
+        fragment(0, BODY[:100], length=len(BODY), msg_type=rec.HS_HELLO_VERIFY_REQUEST),
+        good + fragment(100, BODY[100:], length=len(BODY), message_seq=1),
+        good + split(BODY[:-1], [100])[1],
+        good + rec.encode_record(rec.ALERT, rec.DTLS1_2_VERSION, 0, 1, b"\x02\x28"),
+        rec.encode_record(rec.HANDSHAKE, rec.DTLS1_2_VERSION, 0, 0, b""),
+        # The fragment runs past the end of its message.
+        fragment(0, BODY, length=len(BODY) - 1),
+    ]
+
+
+@pytest.mark.parametrize("datagram", malformed_datagrams())
+def test_malformed_datagrams_raise_bad_packet_and_change_nothing(
+    datagram: bytes,
+) -> None:
+    table = HelloReassembler()
+    assert table.feed_untrusted(OTHER, split(BODY, [100])[0], 0.0) is None
+    before = (len(table), table.bytes_held)
+    with pytest.raises(rec.BadPacket):
+        table.feed_untrusted(ADDR, datagram, 0.0)
+    with pytest.raises(rec.BadPacket):
+        table.feed_untrusted(OTHER, datagram, 0.0)
+    assert (len(table), table.bytes_held) == before
+    assert table.counters.datagrams_malformed == 2
+    # OTHER's entry is intact.
+    assert table.feed_untrusted(OTHER, split(BODY, [100])[1], 0.0) == whole(BODY)
+
+
+def test_parse_reports_every_fragment() -> None:
+    datagram = b"".join(split(BODY, [30, 60], message_seq=3))
+    hello = parse_hello_fragments_untrusted(datagram)
+    assert (hello.message_seq, hello.length) == (3, len(BODY))
+    assert [
+        (f.record_seq, f.fragment_offset, len(f.body)) for f in hello.fragments
+    ] == [
+        (0, 0, 30),
+        (1, 30, 30),
+        (2, 60, len(BODY) - 60),
+    ]
+
+
+def test_any_fragmentation_in_any_order_reassembles() -> None:
+    rng = random.Random(1234)
+    for _ in range(200):
+        message = rng.randbytes(rng.randint(1, 3000))
+        pieces = []
+        for _ in range(rng.randint(1, 30)):
+            a = rng.randrange(len(message))
+            b = rng.randint(a + 1, min(len(message), a + 400))
+            pieces.append(fragment(a, message[a:b], length=len(message), message_seq=1))
+        # Make sure everything is covered at least once.
+        pieces += split(
+            message,
+            sorted(rng.sample(range(1, len(message)), min(5, len(message) - 1))),
+            message_seq=1,
+        )
+        pieces += rng.sample(pieces, len(pieces) // 3)
+        rng.shuffle(pieces)
+        datagrams = rec.pack_datagrams(pieces, rng.choice([1, 600, 1400]))
+        table = HelloReassembler(max_ranges=64)
+        results = [table.feed_untrusted(ADDR, d, 0.0) for d in datagrams]
+        done = [r for r in results if r is not None]
+        assert done, "completed"
+        record = rec.parse_records_untrusted(done[0])[0]
+        frag = rec.parse_handshake_fragments_untrusted(record.payload)[0]
+        assert (frag.fragment_offset, frag.length, frag.message_seq) == (
+            0,
+            len(message),
+            1,
+        )
+        assert frag.body == message
