@@ -6,14 +6,17 @@ import itertools
 import random
 
 import pytest
+from OpenSSL import SSL
 
 from trio_dtlsmux import _records as rec
+from trio_dtlsmux._cookies import CookieJar
 from trio_dtlsmux._reassembly import (
     HelloReassembler,
     opens_with_whole_hello,
     parse_hello_fragments_untrusted,
 )
 
+from .conftest import drain_bio
 from .test_records import HELLO
 
 ADDR = ("192.0.2.1", 1111)
@@ -383,3 +386,195 @@ def test_any_fragmentation_in_any_order_reassembles() -> None:
             1,
         )
         assert frag.body == message
+
+
+# -- a real OpenSSL client, fragmenting its hello at the smallest MTU ---------
+
+# OpenSSL refuses SSL_set_mtu below 256 on a memory BIO (its smallest
+# "probable MTU", less the BIO's overhead, which is 0 here).
+SMALL_MTU = 256
+ALPN = [b"protocol-%03d" % i for i in range(40)]
+
+
+def small_mtu(conn: SSL.Connection) -> SSL.Connection:
+    conn.set_options(SSL.OP_NO_QUERY_MTU)
+    conn.set_ciphertext_mtu(SMALL_MTU)
+    return conn
+
+
+def records_out(conn: SSL.Connection) -> list[bytes]:
+    """What ``conn`` wrote, one encoded record a list item."""
+    return [r.encode() for r in rec.parse_records_untrusted(b"".join(drain_bio(conn)))]
+
+
+def advance(conn: SSL.Connection) -> bool:
+    try:
+        conn.do_handshake()
+    except SSL.WantReadError:
+        return False
+    return True
+
+
+def through_table(
+    table: HelloReassembler, datagrams: list[bytes], rng: random.Random, now: float
+) -> tuple[bytes, int]:
+    """Deliver ``datagrams`` shuffled, two of them twice. Returns the hello
+    that comes out, and how many times it was reassembled (a repeat after
+    completion starts afresh, and may complete again)."""
+    sent = datagrams + rng.sample(datagrams, min(2, len(datagrams)))
+    rng.shuffle(sent)
+    out = [(d, table.feed_untrusted(ADDR, d, now)) for d in sent]
+    done = [hello for _, hello in out if hello is not None]
+    assert done and all(hello == done[0] for hello in done)
+    return done[0], sum(hello is not None and hello is not d for d, hello in out)
+
+
+def hello_fragment_counts(records: list[bytes]) -> list[int]:
+    """For each record, how many ClientHello fragments it carries."""
+    counts = []
+    for record in records:
+        [parsed] = rec.parse_records_untrusted(record)
+        fragments = rec.parse_handshake_fragments_untrusted(parsed.payload)
+        assert all(f.msg_type == rec.HS_CLIENT_HELLO for f in fragments)
+        counts.append(len(fragments))
+    return counts
+
+
+class Server:
+    """A pyOpenSSL server fed only what the table and the cookie check let
+    through, as the endpoint would feed it."""
+
+    def __init__(self, context: SSL.Context, hello: bytes) -> None:
+        self.conn = small_mtu(SSL.Connection(context, None))
+        self.conn.set_accept_state()
+        self.conn.bio_write(hello)
+        self.conn.DTLSv1_listen()
+        self.flights: list[list[bytes]] = []
+
+
+def finish_handshake(client: SSL.Connection, server: Server) -> None:
+    """Move datagrams both ways, one at a time, until both sides are done."""
+    client_done = server_done = False
+    for _ in range(10):
+        server_done = advance(server.conn) or server_done
+        flight = records_out(server.conn)
+        if flight:
+            server.flights.append(flight)
+        for datagram in rec.pack_datagrams(flight, SMALL_MTU):
+            client.bio_write(datagram)
+            client_done = advance(client) or client_done
+        for datagram in rec.pack_datagrams(records_out(client), SMALL_MTU):
+            server.conn.bio_write(datagram)
+            server_done = advance(server.conn) or server_done
+        if client_done and server_done:
+            return
+    raise AssertionError("the handshake did not finish")
+
+
+class Connected:
+    def __init__(self, server: Server, first: list[bytes], second: list[bytes]) -> None:
+        self.server = server
+        self.first = first  # the client's records: first hello
+        self.second = second  # second hello, with the cookie
+        self.reassembled = 0
+
+
+def connect(
+    client: SSL.Connection,
+    server_ctx: SSL.Context,
+    table: HelloReassembler,
+    pack: int,
+    rng: random.Random,
+) -> Connected:
+    """The cookie exchange through ``table``, then the whole handshake."""
+    jar = CookieJar()
+    client.set_connect_state()
+    assert not advance(client)
+    first = records_out(client)
+    datagram, reassembled = through_table(
+        table, rec.pack_datagrams(first, pack), rng, 0.0
+    )
+    hello = rec.parse_client_hello_untrusted(datagram)
+    assert hello.cookie == b""
+    client.bio_write(
+        rec.encode_hello_verify_request(hello.record_seq, jar.make(ADDR, hello, 0.0))
+    )
+    assert not advance(client)
+    second = records_out(client)
+    datagram, again = through_table(table, rec.pack_datagrams(second, pack), rng, 0.5)
+    verified = rec.parse_client_hello_untrusted(datagram)
+    assert jar.verify(ADDR, verified, 0.5)
+    assert verified.random == hello.random
+    connected = Connected(Server(server_ctx, datagram), first, second)
+    connected.reassembled = reassembled + again
+    finish_handshake(client, connected.server)
+    return connected
+
+
+def exchange_data(client: SSL.Connection, server: SSL.Connection) -> None:
+    client.write(b"ping")
+    for datagram in records_out(client):
+        server.bio_write(datagram)
+    assert server.read(100) == b"ping"
+    server.write(b"pong")
+    for datagram in records_out(server):
+        client.bio_write(datagram)
+    assert client.read(100) == b"pong"
+
+
+@pytest.mark.parametrize(
+    "pack", [SMALL_MTU, 3 * SMALL_MTU], ids=["one-record-a-datagram", "packed"]
+)
+def test_openssl_client_with_a_long_alpn_list_connects(
+    server_ctx: SSL.Context, client_ctx: SSL.Context, pack: int
+) -> None:
+    server_ctx.set_cookie_verify_callback(lambda conn, cookie: True)
+    client = small_mtu(SSL.Connection(client_ctx, None))
+    client.set_alpn_protos(ALPN)
+    table = HelloReassembler()
+    connected = connect(client, server_ctx, table, pack, random.Random(pack))
+    first, second = connected.first, connected.second
+    # OpenSSL really fragments: each record one fragment, none over the MTU.
+    assert hello_fragment_counts(first) == [1] * len(first)
+    assert hello_fragment_counts(second) == [1] * len(second)
+    assert len(first) >= 3 and len(second) >= 3
+    assert max(map(len, first + second)) == SMALL_MTU
+    exchange_data(client, connected.server.conn)
+    counters = table.counters
+    assert counters.hellos_reassembled == connected.reassembled >= 2
+    assert counters.fragments_accepted >= len(first) + len(second)
+    assert counters.datagrams_malformed == counters.entries_conflicting == 0
+
+
+def test_a_session_ticket_fragments_the_hello_and_the_session_resumes(
+    server_ctx: SSL.Context, client_ctx: SSL.Context
+) -> None:
+    server_ctx.set_cookie_verify_callback(lambda conn, cookie: True)
+    rng = random.Random(7)
+    # A full handshake; its hellos fit the MTU and pass through untouched.
+    client = small_mtu(SSL.Connection(client_ctx, None))
+    table = HelloReassembler()
+    connected = connect(client, server_ctx, table, SMALL_MTU, rng)
+    assert len(connected.first) == len(connected.second) == 1
+    assert table.counters.hellos_reassembled == connected.reassembled == 0
+    session = client.get_session()
+    # Without close_notify, freeing the connection marks its session
+    # unresumable (OpenSSL's ssl_clear_bad_session).
+    client.shutdown()
+    del client, connected
+
+    resuming = small_mtu(SSL.Connection(client_ctx, None))
+    resuming.set_session(session)
+    table = HelloReassembler()
+    connected = connect(resuming, server_ctx, table, SMALL_MTU, rng)
+    assert len(connected.first) >= 2 and len(connected.second) >= 2
+    assert table.counters.hellos_reassembled == connected.reassembled >= 2
+    # An abbreviated handshake: the server's first flight already ends with
+    # ChangeCipherSpec, and carries no Certificate.
+    flight = [rec.parse_records_untrusted(r)[0] for r in connected.server.flights[0]]
+    assert rec.CHANGE_CIPHER_SPEC in {r.content_type for r in flight}
+    assert not any(
+        r.content_type == rec.HANDSHAKE and r.epoch == 0 and r.payload[0] == 11
+        for r in flight
+    )
+    exchange_data(resuming, connected.server.conn)
