@@ -6,6 +6,8 @@ import itertools
 import random
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from OpenSSL import SSL
 
 from trio_dtlsmux import _records as rec
@@ -578,3 +580,174 @@ def test_a_session_ticket_fragments_the_hello_and_the_session_resumes(
         for r in flight
     )
     exchange_data(resuming, connected.server.conn)
+
+
+# -- floods and garbage -------------------------------------------------------
+
+
+def check_invariants(table: HelloReassembler) -> None:
+    """What the table promises, recounted from its insides."""
+    entries = table._entries
+    assert len(entries) <= table.max_entries
+    held = sum(len(entry.buffer) for entry in entries.values())
+    assert held == table.bytes_held <= table.max_entries * table.max_message_bytes
+    expiries = [entry.expires_at for entry in entries.values()]
+    assert expiries == sorted(expiries)
+    for entry in entries.values():
+        assert len(entry.buffer) == entry.length <= table.max_message_bytes
+        ranges = entry.ranges
+        assert len(ranges) % 2 == 0 and 0 < len(ranges) <= 2 * table.max_ranges
+        assert all(
+            a < b for a, b in itertools.pairwise(ranges)
+        )  # disjoint, not touching
+        assert ranges[0] >= 0 and ranges[-1] <= entry.length
+
+
+def test_a_flood_of_random_fragments_stays_within_the_bounds() -> None:
+    rng = random.Random(20240601)
+    table = HelloReassembler()
+    bound = table.max_entries * table.max_message_bytes
+    limit = table.max_message_bytes
+    # A few addresses keep sending pieces of one message each, with random
+    # bytes, so their entries grow, overlap and conflict; everyone else is a
+    # new address with a new message.
+    regular_lengths = [rng.randrange(1, limit) for _ in range(16)]
+    noise = rng.randbytes(1 << 16)
+    legit = BODY * 3
+    now = 0.0
+    highest = 0
+    completed = started = 0
+    for i in range(100_000):
+        if i and i % 30_000 == 0:
+            now += 2 * table.lifetime  # a quiet spell: everything expires
+        now += 0.0001
+        if i % 100 == 0:
+            # A real client in the middle of it all: three fragments, with a
+            # hundred flood datagrams between them.
+            part = (i // 100) % 3
+            started += part == 0
+            cut = [0, 200, 400, len(legit)]
+            piece = fragment(
+                cut[part], legit[cut[part] : cut[part + 1]], length=len(legit)
+            )
+            if table.feed_untrusted(("192.0.2.200", i // 300), piece, now) is not None:
+                completed += 1
+            continue
+        roll = rng.random()
+        if roll < 0.02:
+            datagram = b"\x16" + rng.randbytes(rng.randrange(80))
+            address: tuple[object, ...] = ("203.0.113.9", 1)
+        else:
+            if roll < 0.25:
+                port = rng.randrange(len(regular_lengths))
+                address = ("198.51.100.1", port)
+                length = regular_lengths[port]
+                message_seq = int(rng.random() < 0.05)  # now and then, a new message
+            else:
+                address = (f"203.0.113.{rng.randrange(256)}", rng.randrange(65536))
+                length = rng.randrange(1, 2 * limit)
+                message_seq = 0
+            pieces = []
+            for _ in range(rng.choice((1, 1, 1, 2, 3))):
+                offset = rng.randrange(length)
+                size = rng.randrange(min(length - offset, 1200) + 1)
+                start = rng.randrange(len(noise) - size)
+                body = noise[start : start + size]
+                pieces.append(
+                    fragment(offset, body, length=length, message_seq=message_seq)
+                )
+            datagram = b"".join(pieces)
+        try:
+            table.feed_untrusted(address, datagram, now)
+        except rec.BadPacket:
+            pass
+        assert table.bytes_held <= bound and len(table) <= table.max_entries
+        highest = max(highest, table.bytes_held)
+        if i % 997 == 0:
+            check_invariants(table)
+    check_invariants(table)
+    counters = table.counters
+    # Every kind of trouble happened, and the table was full.
+    assert counters.datagrams_malformed > 0
+    assert counters.datagrams_too_big > 0
+    assert counters.entries_evicted > 0
+    assert counters.entries_expired > 0
+    assert counters.entries_replaced > 0
+    assert counters.entries_conflicting > 0
+    assert len(table) == table.max_entries or counters.entries_evicted > 10_000
+    assert highest > bound // 3
+    # Every real client got through, but the last: its later fragments
+    # would come after the end of the flood.
+    assert started == 334
+    assert completed == 333
+
+
+def test_the_table_fills_to_exactly_its_bound_and_no_further() -> None:
+    table = HelloReassembler(max_entries=50, max_message_bytes=4000)
+    longest = fragment(0, b"x" * 10, length=4000)
+    for port in range(500):
+        assert table.feed_untrusted(("192.0.2.1", port), longest, port * 0.001) is None
+        assert table.bytes_held == min(port + 1, 50) * 4000
+    assert table.counters.entries_evicted == 450
+    check_invariants(table)
+
+
+def real_fragments() -> list[bytes]:
+    pieces = split(BODY, [60, 120])
+    return [*pieces, pieces[0] + pieces[2], b"".join(pieces)]
+
+
+def mutated_fragments() -> st.SearchStrategy[bytes]:
+    def mutate(data: bytes, positions: list[tuple[int, int]], cut: int) -> bytes:
+        out = bytearray(data)
+        for position, value in positions:
+            out[position % len(out)] = value
+        return bytes(out[: max(cut, 0) or len(out)])
+
+    return st.builds(
+        mutate,
+        st.sampled_from(real_fragments()),
+        st.lists(st.tuples(st.integers(0, 1000), st.integers(0, 255)), max_size=8),
+        st.integers(-50, 400),
+    )
+
+
+@settings(max_examples=300, deadline=None)
+@given(data=st.binary(max_size=2048) | mutated_fragments())
+def test_the_parser_raises_only_bad_packet(data: bytes) -> None:
+    try:
+        parse_hello_fragments_untrusted(data)
+    except rec.BadPacket:
+        pass
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    steps=st.lists(
+        st.tuples(
+            st.integers(0, 5),  # which address
+            st.binary(max_size=600)
+            | mutated_fragments()
+            | st.sampled_from(real_fragments()),
+            st.floats(0, 3),  # time passing
+        ),
+        max_size=40,
+    )
+)
+def test_the_table_survives_anything(steps: list[tuple[int, bytes, float]]) -> None:
+    table = HelloReassembler(
+        max_entries=3, max_message_bytes=600, lifetime=5, max_ranges=3
+    )
+    now = 0.0
+    for port, data, elapsed in steps:
+        now += elapsed
+        try:
+            out = table.feed_untrusted(("192.0.2.1", port), data, now)
+        except rec.BadPacket:
+            out = None
+        if out is not None and out is not data:
+            # Whatever comes out is one record with one whole message.
+            [record] = rec.parse_records_untrusted(out)
+            [frag] = rec.parse_handshake_fragments_untrusted(record.payload)
+            assert frag.fragment_offset == 0 and len(frag.body) == frag.length
+        check_invariants(table)
