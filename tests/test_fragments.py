@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import itertools
 import random
+import shutil
+import socket
+import subprocess
+import time
 
 import pytest
 from hypothesis import given, settings
@@ -751,3 +755,71 @@ def test_the_table_survives_anything(steps: list[tuple[int, bytes, float]]) -> N
             [frag] = rec.parse_handshake_fragments_untrusted(record.payload)
             assert frag.fragment_offset == 0 and len(frag.body) == frag.length
         check_invariants(table)
+
+
+# -- openssl s_client, which we did not write ---------------------------------
+
+OPENSSL = shutil.which("openssl")
+
+
+@pytest.mark.interop
+@pytest.mark.skipif(OPENSSL is None, reason="no openssl command line")
+def test_openssl_s_client_at_mtu_256_fragments_its_hello_and_connects(
+    server_ctx: SSL.Context,
+) -> None:
+    """Real loopback UDP: s_client's own MTU handling, not ours."""
+    assert OPENSSL is not None
+    server_ctx.set_cookie_verify_callback(lambda conn, cookie: True)
+    table = HelloReassembler()
+    jar = CookieJar()
+    hello_datagrams: list[bytes] = []
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.settimeout(10)
+        port = sock.getsockname()[1]
+        proc = subprocess.Popen(
+            [OPENSSL, "s_client", "-dtls1_2", "-mtu", "256", "-quiet",
+             "-alpn", ",".join(p.decode() for p in ALPN),
+             "-connect", f"127.0.0.1:{port}"],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        try:
+            server: Server | None = None
+            done = False
+            while not done:
+                datagram, peer = sock.recvfrom(65536)
+                now = time.monotonic()
+                if server is None:
+                    hello_datagrams.append(datagram)
+                    whole_hello = table.feed_untrusted(peer, datagram, now)
+                    if whole_hello is None:
+                        continue
+                    hello = rec.parse_client_hello_untrusted(whole_hello)
+                    if not jar.verify(peer, hello, now):
+                        cookie = jar.make(peer, hello, now)
+                        reply = rec.encode_hello_verify_request(
+                            hello.record_seq, cookie
+                        )
+                        sock.sendto(reply, peer)
+                        continue
+                    server = Server(server_ctx, whole_hello)
+                    done = advance(server.conn)
+                else:
+                    server.conn.bio_write(datagram)
+                    done = advance(server.conn)
+                for out in rec.pack_datagrams(records_out(server.conn), SMALL_MTU):
+                    sock.sendto(out, peer)
+            assert server is not None
+            server.conn.write(b"hello, small world\n")
+            server.conn.shutdown()  # s_client exits on close_notify
+            for out in records_out(server.conn):
+                sock.sendto(out, peer)
+            stdout, _ = proc.communicate(timeout=10)
+        finally:
+            proc.kill()
+            proc.wait()
+    assert stdout == b"hello, small world\n"
+    # s_client's -mtu is the link MTU: 256 less 28 bytes of IPv4 and UDP.
+    assert max(map(len, hello_datagrams)) == 228
+    assert len(hello_datagrams) >= 6  # two hellos, three or more pieces each
+    assert table.counters.hellos_reassembled == 2
