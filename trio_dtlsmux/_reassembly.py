@@ -11,10 +11,12 @@ links meet this first, and so does any client whose hello grows: a session
 ticket (RFC 5077), a long ALPN list, many cipher suites or extensions.
 
 The endpoint checks a cookie before it allocates anything per peer
-(section 4.2.1), and the cookie lives inside the hello, so a fragmented
-hello has to be put back together before anything is known about its
-sender. OpenSSL's ``DTLSv1_listen`` and trio's DTLS refuse such hellos for
-that reason. This module accepts them, at a bounded price: a
+(section 4.2.1), and our cookie is a MAC over the whole hello (see
+``_cookies``), so a fragmented hello has to be put back together before
+anything is known about its sender. trio's DTLS refuses fragmented hellos
+for that reason; OpenSSL's ``DTLSv1_listen`` looks at the first fragment
+only, needs the cookie inside it, and leaves the rest to the handshake that
+follows. This module accepts them whole, at a bounded price: a
 :class:`HelloReassembler` is a small table that holds partial hellos from
 addresses without an association, and nothing else. It does no I/O and
 reads no clock; the caller passes ``now``.
@@ -64,8 +66,10 @@ address, so every resource is bounded:
   fragment and so fill any hole.
 
 Fragments may arrive in any order, repeated, overlapping and several to a
-datagram (section 4.1.1). Overlapping bytes must agree with what is held
-(section 4.2.3 lets a sender re-fragment, never change, a message): if they
+datagram (section 4.1.1). Overlapping bytes must agree with what is held: a
+retransmission carries the same message (section 4.2.4), possibly cut at
+other places (section 4.2.3), so bytes that differ mean another message or
+an attacker. If they
 do not, the entry is dropped and the datagram that contradicted it starts a
 fresh one, as a new message would. A datagram is parsed completely before
 it touches the table, so a malformed one changes nothing.
@@ -74,6 +78,14 @@ The synthesised datagram is never larger than the datagrams that carried
 its fragments put together (each fragment brings its own 25 bytes of
 headers), so the endpoint's rule of never answering a hello with more
 bytes than it received still holds when applied to it.
+
+What a flood can do. Nothing here is authenticated: whoever can spoof a
+client's address can spoil its reassembly (a contradicting fragment, or one
+of another message, replaces its entry), and a flood of fragments from many
+addresses evicts an entry once ``max_entries`` newer ones have arrived, so a
+client whose fragments are that far apart must wait for its retransmission
+or for the flood to end. Whole hellos never touch the table, so clients
+that do not fragment are not affected at all.
 
 Every drop is counted in :class:`ReassemblyCounters`.
 """
