@@ -6,11 +6,13 @@ ours cooperate on a real clock. They are few and bounded in time.
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 import pytest
 import trio
 import trio.lowlevel
+import trio.testing
 from OpenSSL import SSL
 
 import trio_dtlsmux
@@ -169,3 +171,41 @@ async def test_connect_by_name_checks_that_name(
                 await conn.send(b"hi")
                 assert await conn.receive() == b"hi"
                 nursery.cancel_scope.cancel()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux reports drops")
+async def test_buffers_are_raised_and_kernel_drops_are_reported(
+    server_ctx: SSL.Context,
+) -> None:
+    import socket as stdlib_socket
+
+    # A burst the receive task cannot read in time is dropped by the kernel;
+    # before, statistics() never showed it.
+    sock = await udp_socket()
+    default = sock.getsockopt(stdlib_socket.SOL_SOCKET, stdlib_socket.SO_RCVBUF)
+    async with DtlsEndpoint(sock, server_context=server_ctx) as ep:
+        stats = ep.statistics()
+        assert stats.receive_buffer is not None and stats.receive_buffer > default
+        assert stats.send_buffer is not None
+        assert stats.kernel_drops == 0
+    small = await udp_socket()
+    small.setsockopt(stdlib_socket.SOL_SOCKET, stdlib_socket.SO_RCVBUF, 4096)
+    address = small.getsockname()
+    async with DtlsEndpoint(
+        small, server_context=server_ctx, receive_buffer=None
+    ) as ep:
+        with stdlib_socket.socket(stdlib_socket.AF_INET, stdlib_socket.SOCK_DGRAM) as flood:
+            # All sent before the endpoint's task runs again: most cannot fit.
+            for _ in range(200):
+                flood.sendto(b"\x17" + bytes(600), address)
+        stats = ep.statistics()
+        assert stats.receive_buffer is not None and stats.receive_buffer <= 2 * 4096
+        assert stats.kernel_drops is not None and stats.kernel_drops > 0
+        with trio.fail_after(10):
+            while ep.statistics().datagrams_in + (ep.statistics().kernel_drops or 0) < 200:
+                await trio.testing.wait_all_tasks_blocked()
+        final = ep.statistics()
+        # Every datagram is accounted for: read (and dropped as junk) or
+        # dropped by the kernel.
+        assert final.datagrams_in + (final.kernel_drops or 0) == 200
+        assert final.junk_dropped == final.datagrams_in

@@ -275,6 +275,21 @@ class Association:
             self._fail(HandshakeFailure.ABORTED, reason)
         return self._output([])
 
+    def refused(self) -> Output:
+        """An ICMP port unreachable came back from the peer's address.
+
+        A handshake fails at once ("connection refused"): nothing listens
+        there. An established peer is left to its idle timeout, as an ICMP
+        error can be forged by anyone on the path and proves nothing about a
+        live session.
+        """
+        if self.state is State.HANDSHAKING:
+            self._fail(
+                HandshakeFailure.REFUSED,
+                f"connection refused: nothing listens at {self.address!r}",
+            )
+        return self._output([])
+
     def close(self) -> Output:
         """Our side closes: returns the close_notify datagram, sent once."""
         ssl = self._ssl
@@ -395,7 +410,9 @@ class Association:
             )
             return
         alert = _alert_in(reason)
-        if "certificate verify failed" in reason:
+        if "certificate verify failed" in reason or "did not return a certificate" in reason:
+            # A required client certificate that never came is a failed
+            # check of the peer's identity, like a bad one.
             self._fail(
                 HandshakeFailure.VERIFICATION,
                 f"certificate verification failed: {reason}",

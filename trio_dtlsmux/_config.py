@@ -60,6 +60,14 @@ class EndpointConfig:
       keylog: a path or a writable binary file that receives NSS key log lines
         (``CLIENT_RANDOM ...``) for Wireshark; ``None`` (default) keeps keys
         secret.
+      receive_buffer: bytes of socket receive buffer to ask the kernel for
+        when the endpoint opens (``SO_RCVBUF``), so that a burst of
+        handshakes is not dropped before the receive task reads it. It is
+        only ever raised (a socket that has more keeps it), the kernel caps
+        it at ``net.core.rmem_max``, and ``None`` leaves the socket alone.
+        ``statistics()`` reports what the socket got.
+      send_buffer: the same for the send buffer (``SO_SNDBUF``,
+        ``net.core.wmem_max``).
     """
 
     handshake_timeout: float = 30.0
@@ -72,6 +80,8 @@ class EndpointConfig:
     max_handshakes: int = 1_000
     cookie_lifetime: float = 30.0
     keylog: str | IO[bytes] | None = None
+    receive_buffer: int | None = 4 * 1024 * 1024
+    send_buffer: int | None = 1024 * 1024
 
     def __attrs_post_init__(self) -> None:
         _positive("handshake_timeout", self.handshake_timeout)
@@ -91,6 +101,10 @@ class EndpointConfig:
         _count("max_connections", self.max_connections)
         _count("max_handshakes", self.max_handshakes)
         _positive("cookie_lifetime", self.cookie_lifetime)
+        for name in ("receive_buffer", "send_buffer"):
+            value = getattr(self, name)
+            if value is not None:
+                _count(name, value, 1024)
         if self.keylog is not None and not isinstance(self.keylog, str):
             write = getattr(self.keylog, "write", None)
             if not callable(write):

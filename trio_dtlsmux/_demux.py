@@ -30,6 +30,7 @@ they are dropped and counted, and never reach another peer.
 
 from __future__ import annotations
 
+import errno
 import math
 import weakref
 from collections.abc import Iterator
@@ -43,6 +44,7 @@ from ._association import Association, Output, Role, State
 from ._config import EndpointConfig
 from ._cookies import COOKIE_LENGTH, CookieJar
 from ._events import Event, HandshakeCompleted, MessageReceived, PeerEnded, PeerStarted
+from ._kernel import SocketError
 from ._statistics import EndpointCounters
 from .contexts import check_context_role
 
@@ -171,6 +173,20 @@ class Demux:
         if events:
             self._observe(events, now)
         return out, events
+
+    def socket_errors(self, errors: list[SocketError], now: float) -> Output:
+        """ICMP errors from the socket's error queue, each naming the address
+        a failed datagram was sent to. A refused handshake ends at once."""
+        events: list[Event] = []
+        for error in errors:
+            if error.errno != errno.ECONNREFUSED:
+                continue
+            association = self._table.get(error.address)
+            if association is not None:
+                events.extend(association.refused()[1])
+        if events:
+            self._observe(events, now)
+        return [], events
 
     def connect(
         self,

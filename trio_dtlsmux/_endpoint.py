@@ -53,6 +53,8 @@ from ._events import (
     PeerEnded,
     PeerStarted,
 )
+from ._kernel import SocketError
+from ._logs import FailureLog
 from ._statistics import EndpointStatistics
 from ._transport import Transport
 from ._util import lone_exception, open_unwrapping_nursery, raise_unwrapped
@@ -143,7 +145,11 @@ class DtlsEndpoint:
         self.config: EndpointConfig = make_config(options)
         """The endpoint's options, validated and frozen."""
         self._demux = Demux(self.config, server_context)
-        self._transport = Transport(sock)
+        self._transport = Transport(
+            sock,
+            receive_buffer=self.config.receive_buffer,
+            send_buffer=self.config.send_buffer,
+        )
         self._peers: dict[Association, _Peer] = {}
         self._accept_send, self._accept_receive = trio.open_memory_channel[
             DtlsConnection
@@ -153,6 +159,7 @@ class DtlsEndpoint:
         self._state = "new"
         self._keylog_file: IO[bytes] | None = None
         self._owns_keylog = False
+        self._failure_log = FailureLog()
 
     # -- context manager ------------------------------------------------------
 
@@ -172,7 +179,7 @@ class DtlsEndpoint:
             self._owns_keylog = True
         elif keylog is not None:
             self._keylog_file = keylog
-        self._transport.open()
+        self._transport.open(self._on_socket_errors)
         self._nursery_manager = trio.open_nursery()
         self._nursery = await self._nursery_manager.__aenter__()
         self._state = "open"
@@ -234,10 +241,14 @@ class DtlsEndpoint:
     def statistics(self) -> EndpointStatistics:
         """A frozen snapshot of the endpoint's counters."""
         demux = self._demux
+        transport = self._transport
         return demux.counters.snapshot(
-            self._transport.counters,
+            transport.counters,
             peers=demux.peers,
             handshakes_in_progress=demux.handshaking,
+            receive_buffer=transport.receive_buffer,
+            send_buffer=transport.send_buffer,
+            kernel_drops=transport.kernel_drops(),
         )
 
     def connections(self) -> list[DtlsConnection]:
@@ -424,6 +435,12 @@ class DtlsEndpoint:
             self._dispatch(events)
         return replies
 
+    def _on_socket_errors(self, errors: list[SocketError], now: float) -> None:
+        """The transport read ICMP errors: let the core judge them."""
+        _, events = self._demux.socket_errors(errors, now)
+        if events:
+            self._dispatch(events)
+
     def _dispatch(self, events: list[Event]) -> None:
         """Do in Trio what the core's events ask for."""
         for event in events:
@@ -471,6 +488,14 @@ class DtlsEndpoint:
                 pass
 
     def _ended(self, event: PeerEnded) -> None:
+        error = event.error
+        if event.state is State.FAILED and isinstance(error, HandshakeError):
+            self._failure_log.handshake_failed(
+                event.association.address,
+                error.kind.value,
+                error.reason,
+                trio.current_time(),
+            )
         peer = self._peers.pop(event.association, None)
         if peer is None:
             return

@@ -54,6 +54,10 @@ class HandshakeFailure(str, enum.Enum):
     PROTOCOL = "protocol"
     #: We gave up: ``connect`` was cancelled, or the endpoint closed.
     ABORTED = "aborted"
+    #: Nothing listens at the peer's address: an ICMP port unreachable came
+    #: back (connection refused; Linux, where the endpoint reads the socket's
+    #: error queue).
+    REFUSED = "refused"
 
 
 class HandshakeError(trio.BrokenResourceError):

@@ -83,7 +83,9 @@ class EndpointStatistics(_Snapshot):
         alert), ``"verification"`` (the peer's certificate failed our
         checks), ``"protocol"`` (anything else OpenSSL refused),
         ``"aborted"`` (``connect`` was cancelled or the endpoint closed
-        mid-handshake).
+        mid-handshake), ``"refused"`` (an ICMP port unreachable: nothing
+        listens at the peer's address). See
+        :class:`~trio_dtlsmux.HandshakeFailure`.
       cookies_sent: HelloVerifyRequests sent.
       cookie_failures: ClientHellos whose cookie was present but wrong,
         expired, or already used by an association that has ended.
@@ -102,6 +104,14 @@ class EndpointStatistics(_Snapshot):
       bytes_out: their total size in bytes.
       socket_errors: errors from the socket that the endpoint survived (ICMP
         unreachable, ENOBUFS, ...).
+      receive_buffer: the socket's receive buffer in bytes, as the kernel
+        reports it (Linux reports twice the size set: the budget it counts
+        queued datagrams against), or ``None`` if unknown. See the endpoint
+        option of the same name.
+      send_buffer: the same for the send buffer.
+      kernel_drops: datagrams the kernel dropped for this socket (mostly
+        because the receive buffer was full) since it was made, or ``None``
+        where the platform does not say (Linux does). A 32-bit counter.
     """
 
     peers: int
@@ -120,6 +130,9 @@ class EndpointStatistics(_Snapshot):
     datagrams_out: int
     bytes_out: int
     socket_errors: int
+    receive_buffer: int | None
+    send_buffer: int | None
+    kernel_drops: int | None
 
 
 @attrs.define(slots=True)

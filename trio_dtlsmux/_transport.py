@@ -20,6 +20,14 @@ that touches it.
   than overtake it.
 * **Socket errors are counted, never raised**: ENOBUFS, an ICMP error or
   EMSGSIZE concern one datagram; EBADF means the endpoint is closing.
+* **The kernel's side** (:mod:`._kernel`): at open the socket's buffers are
+  raised to the configured sizes, and on Linux its error queue is turned on
+  (``IP_RECVERR``), so an ICMP port-unreachable names the peer it is about.
+  Once it is on, a pending ICMP error makes the next ``recvfrom`` or
+  ``sendto`` fail, whatever address that one is for; so after any such
+  failure, and after any wake-up that brought no datagram, the queue is
+  drained and each error handed to the error handler with its address. A
+  send that failed on another peer's error is made once more.
 """
 
 from __future__ import annotations
@@ -32,15 +40,29 @@ from typing import Any
 
 import trio
 
+from ._addresses import normalize_address
+from ._kernel import (
+    SocketError,
+    enable_error_queue,
+    kernel_drops,
+    read_error_queue,
+    tune_buffers,
+)
 from ._statistics import TrafficCounters
 
-__all__ = ["DatagramHandler", "Transport"]
+__all__ = ["DatagramHandler", "ErrorHandler", "Transport"]
 
 _RECV_SIZE = 65536
 _RECV_BATCH = 64
 
 #: ``handler(data, address, now) -> replies to address``
 DatagramHandler = Callable[[bytes, Any, float], list[bytes]]
+#: ``on_errors(errors, now)``: ICMP errors from the socket's error queue
+ErrorHandler = Callable[[list[SocketError], float], None]
+
+
+def _ignore_errors(errors: list[SocketError], now: float) -> None:
+    pass
 
 
 def _kernel_socket(sock: Any) -> _stdlib_socket.socket | None:
@@ -68,18 +90,79 @@ def _kernel_socket(sock: Any) -> _stdlib_socket.socket | None:
 class Transport:
     """One UDP socket, read in batches and written in order."""
 
-    def __init__(self, sock: Any) -> None:
+    def __init__(
+        self,
+        sock: Any,
+        *,
+        receive_buffer: int | None = None,
+        send_buffer: int | None = None,
+    ) -> None:
         self.sock = sock
         self.counters = TrafficCounters()
+        #: What the socket's buffers are after open(), as the kernel reports
+        #: them (Linux reports twice the size set: its bookkeeping budget).
+        self.receive_buffer: int | None = None
+        self.send_buffer: int | None = None
+        self._wanted_buffers = (receive_buffer, send_buffer)
         self._raw: _stdlib_socket.socket | None = None
+        self._error_queue = False
+        self._on_errors: ErrorHandler = _ignore_errors
         self._send_lock = trio.Lock()
         # Tasks inside _send_waiting; while there are any, nobody may jump
         # the queue with a direct send.
         self._send_waiters = 0
 
-    def open(self) -> None:
-        """Make the twin, if the socket has a real descriptor."""
+    def open(self, on_errors: ErrorHandler | None = None) -> None:
+        """Make the twin (if the socket has a real descriptor), raise the
+        buffers, and turn on the error queue, whose errors go to
+        ``on_errors``."""
         self._raw = _kernel_socket(self.sock)
+        if on_errors is not None:
+            self._on_errors = on_errors
+        self._tune_buffers()
+        if self._raw is not None:
+            self._error_queue = enable_error_queue(self._raw)
+
+    def _tune_buffers(self) -> None:
+        target: Any = self._raw if self._raw is not None else self.sock
+        try:
+            have = (
+                int(target.getsockopt(_stdlib_socket.SOL_SOCKET, _stdlib_socket.SO_RCVBUF)),
+                int(target.getsockopt(_stdlib_socket.SOL_SOCKET, _stdlib_socket.SO_SNDBUF)),
+            )
+        except (OSError, AttributeError, TypeError, ValueError):
+            return  # a socket-like object without options: leave it alone
+        # Only ever raise: a socket its owner enlarged keeps what it has.
+        wanted = [
+            size if size is not None and size > current else None
+            for size, current in zip(self._wanted_buffers, have, strict=True)
+        ]
+        try:
+            self.receive_buffer, self.send_buffer = tune_buffers(target, *wanted)
+        except (OSError, ValueError):
+            self.receive_buffer, self.send_buffer = have
+
+    def kernel_drops(self) -> int | None:
+        """Datagrams the kernel dropped for this socket (None: unknown)."""
+        if self._raw is None:
+            return None
+        try:
+            return kernel_drops(self._raw)
+        except OSError:
+            return None
+
+    def _drain_errors(self, now: float) -> list[SocketError]:
+        """Take the socket's queued ICMP errors and hand them on."""
+        if not self._error_queue or self._raw is None:
+            return []
+        try:
+            errors = read_error_queue(self._raw)
+        except OSError:
+            return []
+        if errors:
+            self.counters.socket_errors += len(errors)
+            self._on_errors(errors, now)
+        return errors
 
     def close(self) -> None:
         self.sock.close()
@@ -116,13 +199,32 @@ class Transport:
         except BlockingIOError:
             return False
         except OSError:
-            # ENOBUFS, ICMP errors, EMSGSIZE concern this datagram only;
-            # EBADF means the endpoint is closing.
-            counters.socket_errors += 1
-            return True
+            if not self._sent_after_error(raw, datagram, address):
+                return True
         counters.datagrams_out += 1
         counters.bytes_out += len(datagram)
         return True
+
+    def _sent_after_error(
+        self, raw: _stdlib_socket.socket, datagram: bytes, address: Any
+    ) -> bool:
+        """A send failed: was it another peer's ICMP error? Then the
+        datagram never left; drain the queue and send it once more.
+
+        Returns whether the datagram was sent in the end. ENOBUFS, EMSGSIZE
+        and this peer's own ICMP error concern this datagram only; EBADF
+        means the endpoint is closing.
+        """
+        errors = self._drain_errors(trio.current_time())
+        if errors and not any(error.address == normalize_address(address) for error in errors):
+            try:
+                raw.sendto(datagram, address)
+                return True
+            except OSError:
+                pass
+        if not errors:
+            self.counters.socket_errors += 1
+        return False
 
     async def _send_waiting(self, datagrams: list[bytes], address: Any) -> None:
         counters = self.counters
@@ -140,10 +242,14 @@ class Transport:
                     try:
                         await self.sock.sendto(datagram, address)
                     except OSError as exc:
-                        counters.socket_errors += 1
                         if exc.errno == errno.EBADF:
+                            counters.socket_errors += 1
                             return  # the socket is closed: the endpoint is ending
-                        continue  # this datagram only
+                        # This datagram only (another peer's ICMP error is
+                        # drained and handed on; this one is not retried).
+                        if not self._drain_errors(trio.current_time()):
+                            counters.socket_errors += 1
+                        continue
                     except (trio.ClosedResourceError, trio.BusyResourceError):
                         counters.socket_errors += 1
                         return
@@ -208,6 +314,7 @@ class Transport:
             except (trio.ClosedResourceError, OSError):
                 return
             now = trio.current_time()
+            received = False
             for _ in range(_RECV_BATCH):
                 try:
                     data, address = recvfrom(_RECV_SIZE)
@@ -218,10 +325,16 @@ class Transport:
                         return
                     # ICMP errors (ECONNREFUSED after sending to a closed
                     # port) concern one peer; the endpoint goes on.
-                    counters.socket_errors += 1
+                    if not self._drain_errors(now):
+                        counters.socket_errors += 1
                     continue
+                received = True
                 counters.datagrams_in += 1
                 counters.bytes_in += len(data)
                 replies = handler(data, address, now)
                 if replies:
                     await self.send(replies, address)
+            if not received:
+                # Woken with nothing to read: the error queue has something
+                # (its errors keep the socket readable until drained).
+                self._drain_errors(now)

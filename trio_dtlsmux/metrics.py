@@ -130,8 +130,9 @@ _KNOWN: dict[str, tuple[str, str]] = {
     "handshakes_completed": (_COUNTER, "Handshakes that finished, in both roles."),
     "handshakes_failed": (
         _COUNTER,
-        "Handshakes that failed, by kind: timeout, alert, verification, "
-        "protocol, aborted.",
+        "Handshakes that failed, by kind: "
+        + ", ".join(kind.value for kind in HandshakeFailure)
+        + ".",
     ),
     "cookies_sent": (_COUNTER, "HelloVerifyRequests sent."),
     "cookie_failures": (
@@ -160,6 +161,18 @@ _KNOWN: dict[str, tuple[str, str]] = {
     "datagrams_out": (_COUNTER, "Datagrams written to the socket."),
     "bytes_out": (_COUNTER, "Bytes in the datagrams written to the socket."),
     "socket_errors": (_COUNTER, "Socket errors that the endpoint survived."),
+    "receive_buffer": (
+        _GAUGE,
+        "The socket's receive buffer in bytes, as the kernel reports it.",
+    ),
+    "send_buffer": (
+        _GAUGE,
+        "The socket's send buffer in bytes, as the kernel reports it.",
+    ),
+    "kernel_drops": (
+        _COUNTER,
+        "Datagrams the kernel dropped for the socket, mostly for a full receive buffer.",
+    ),
 }
 
 # The label of a mapping field's keys, and the keys always reported.
