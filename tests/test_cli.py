@@ -770,3 +770,28 @@ def test_percentile() -> None:
     assert percentile(values, 0.99) == 99.0
     assert percentile([3.0], 0.99) == 3.0
     assert percentile([], 0.5) != percentile([], 0.5)  # NaN
+
+
+async def test_serve_exports_metrics_for_prometheus() -> None:
+    pytest.importorskip("prometheus_client")
+    from urllib.request import urlopen
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    async with serve("--port", "0", "--metrics-port", "0") as server:
+        line = (await server.stdout.until(b"/metrics\n")).decode()
+        url = re.search(r"metrics on (http://\S+/metrics)", line)
+        assert url is not None, line
+
+        def scrape() -> str:
+            with urlopen(url[1], timeout=10) as response:
+                return str(response.read().decode())
+
+        text = await trio.to_thread.run_sync(scrape)
+        families = {family.name: family for family in text_string_to_metric_families(text)}
+        [peers] = families["trio_dtlsmux_peers"].samples
+        assert peers.value == 0
+        assert peers.labels["dtls_endpoint"] == f"{server.host}:{server.port}"
+        assert "trio_dtlsmux_handshakes_failed" in families
+        code, _ = await server.interrupt()
+        assert code == 0

@@ -25,6 +25,8 @@ line on stderr and exit code 2 rather than a traceback from inside a task.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import functools
 import logging
 import os
 import signal
@@ -149,6 +151,20 @@ def build_parser(prog: str = "trio-dtlsmux") -> argparse.ArgumentParser:
         type=seconds,
         metavar="S",
         help="print the endpoint's statistics every S seconds",
+    )
+    serve.add_argument(
+        "--metrics-port",
+        type=listen_port,
+        metavar="PORT",
+        help="serve Prometheus metrics over HTTP on this TCP port; 0 picks a "
+        "free one (needs: pip install trio-dtlsmux[metrics])",
+    )
+    serve.add_argument(
+        "--metrics-host",
+        default="127.0.0.1",
+        metavar="HOST",
+        help="address the metrics listen on (default: %(default)s; the "
+        "statistics show how busy the server is, so widen it on purpose)",
     )
     serve.set_defaults(handler=_serve_command, subparser=serve)
 
@@ -355,6 +371,12 @@ def _serve_command(opts: argparse.Namespace, parser: argparse.ArgumentParser) ->
             usage_error(parser, str(exc))
         fingerprint = _certificate_fingerprint(pem)
         origin = f"certificate from {opts.cert}"
+    if opts.metrics_port is not None:
+        # Checked before the event loop, so a missing extra is one line.
+        try:
+            from . import metrics  # noqa: F401
+        except ImportError as exc:
+            usage_error(parser, str(exc))
     keylog = _open_keylog(opts, parser)
     _setup_logging()
     try:
@@ -374,13 +396,16 @@ def _serve_command(opts: argparse.Namespace, parser: argparse.ArgumentParser) ->
 
 
 def _setup_logging() -> None:
-    if _log.handlers:
+    # On the library's logger, so that its own lines (each failed handshake,
+    # rate-limited) appear beside the server's.
+    library = logging.getLogger("trio_dtlsmux")
+    if library.handlers:
         return
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
-    _log.addHandler(handler)
-    _log.setLevel(logging.INFO)
-    _log.propagate = False
+    library.addHandler(handler)
+    library.setLevel(logging.INFO)
+    library.propagate = False
 
 
 async def _bind(host: str, port: int) -> trio.socket.SocketType:
@@ -550,13 +575,36 @@ async def _serve(
                 say(f"listening on {format_address(host, port)} (Ctrl-C to stop)")
                 if opts.stats_every is not None:
                     nursery.start_soon(_print_statistics, endpoint, opts.stats_every)
-                async for signum in signals:
-                    _log.info(
-                        "%s: shutting down, sending close_notify to %d peer(s)",
-                        signal.Signals(signum).name,
-                        endpoint.statistics().peers,
+                exporting = contextlib.ExitStack()
+                if opts.metrics_port is not None:
+                    from . import metrics
+
+                    exporting.enter_context(metrics.register(endpoint))
+                    try:
+                        metrics_host, metrics_port = await nursery.start(
+                            functools.partial(
+                                metrics.serve_metrics,
+                                opts.metrics_port,
+                                host=opts.metrics_host,
+                            )
+                        )
+                    except OSError as exc:
+                        exporting.close()
+                        fail(prog, f"cannot serve metrics: {exc.strerror or exc}")
+                        nursery.cancel_scope.cancel()
+                        return EXIT_FAILURE
+                    say(
+                        "metrics on "
+                        f"http://{format_address(metrics_host, metrics_port)}/metrics"
                     )
-                    break
+                with exporting:
+                    async for signum in signals:
+                        _log.info(
+                            "%s: shutting down, sending close_notify to %d peer(s)",
+                            signal.Signals(signum).name,
+                            endpoint.statistics().peers,
+                        )
+                        break
                 nursery.cancel_scope.cancel()
         final = endpoint.statistics()
     _log.info(
