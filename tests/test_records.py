@@ -158,3 +158,30 @@ def test_parsers_only_raise_bad_packet(parser: object, data: bytes) -> None:
         parser(data)  # type: ignore[operator]
     except rec.BadPacket:
         pass
+
+
+def test_sniffing_helpers() -> None:
+    one = rec.encode_record(rec.APPLICATION_DATA, rec.DTLS1_2_VERSION, 1, 7, b"payload")
+    assert rec.is_single_application_record(one)
+    assert not rec.is_single_application_record(one + one)  # two records
+    assert not rec.is_single_application_record(one[:-1])  # truncated
+    assert not rec.is_single_application_record(b"")
+    alert = rec.encode_record(rec.ALERT, rec.DTLS1_2_VERSION, 1, 7, b"\x01\x00")
+    assert not rec.is_single_application_record(alert)
+    hello = rec.encode_record(
+        rec.HANDSHAKE,
+        rec.DTLS1_2_VERSION,
+        0,
+        0,
+        rec.encode_handshake_fragment(rec.HS_CLIENT_HELLO, 3, 0, 0, b"abc"),
+    )
+    assert rec.may_be_client_hello(hello) and rec.starts_with_handshake(hello)
+    later_epoch = hello[:3] + b"\x00\x01" + hello[5:]
+    assert not rec.may_be_client_hello(later_epoch)
+    assert rec.starts_with_handshake(later_epoch)
+    assert not rec.may_be_client_hello(hello[: rec.RECORD_HEADER_SIZE])
+    # RFC 7983: 20-63 is DTLS; STUN (0-3) and RTP (128-191) are not.
+    assert [rec.is_dtls(bytes([b])) for b in (0, 3, 19, 20, 23, 63, 64, 128)] == [
+        False, False, False, True, True, True, False, False
+    ]
+    assert not rec.is_dtls(b"")

@@ -44,7 +44,6 @@ from ._association import Association, Output, Role, State
 from ._config import EndpointConfig
 from ._cookies import COOKIE_LENGTH, CookieJar
 from ._events import Event, HandshakeCompleted, MessageReceived, PeerEnded, PeerStarted
-from ._kernel import SocketError
 from ._statistics import EndpointCounters
 from .contexts import check_context_role
 
@@ -174,19 +173,21 @@ class Demux:
             self._observe(events, now)
         return out, events
 
-    def socket_errors(self, errors: list[SocketError], now: float) -> Output:
-        """ICMP errors from the socket's error queue, each naming the address
-        a failed datagram was sent to. A refused handshake ends at once."""
-        events: list[Event] = []
-        for error in errors:
-            if error.errno != errno.ECONNREFUSED:
-                continue
-            association = self._table.get(error.address)
-            if association is not None:
-                events.extend(association.refused()[1])
+    def socket_error(self, code: int, address: Any, now: float) -> Output:
+        """An ICMP error came back for a datagram sent to ``address``
+        (``code`` is its errno). A port unreachable (``ECONNREFUSED``) ends a
+        handshake with that address at once; anything else, and any error
+        about an established peer, changes nothing (ICMP is easy to forge,
+        and host unreachable may pass)."""
+        if code != errno.ECONNREFUSED:
+            return [], []
+        association = self._table.get(normalize_address(address))
+        if association is None:
+            return [], []
+        out, events = association.refused()
         if events:
             self._observe(events, now)
-        return [], events
+        return out, events
 
     def connect(
         self,

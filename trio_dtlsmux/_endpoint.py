@@ -437,9 +437,11 @@ class DtlsEndpoint:
 
     def _on_socket_errors(self, errors: list[SocketError], now: float) -> None:
         """The transport read ICMP errors: let the core judge them."""
-        _, events = self._demux.socket_errors(errors, now)
-        if events:
-            self._dispatch(events)
+        for error in errors:
+            if error.address:
+                _, events = self._demux.socket_error(error.errno, error.address, now)
+                if events:
+                    self._dispatch(events)
 
     def _dispatch(self, events: list[Event]) -> None:
         """Do in Trio what the core's events ask for."""

@@ -65,12 +65,12 @@ MAX_PLAINTEXT: Final = 1 << 14
 _MAX_SEQ: Final = (1 << 48) - 1
 
 _HANDSHAKE_BYTE: Final = bytes([HANDSHAKE])
-_APPLICATION_DATA_BYTE: Final = bytes([APPLICATION_DATA])
 _EPOCH_0: Final = b"\x00\x00"
 
 _record_header = struct.Struct("!BHHHIH")  # type, version, epoch, seq(hi16, lo32), length
 _handshake_header = struct.Struct("!B3sH3s3s")
 _short_header = struct.Struct("!B2xH6xH")  # type, epoch, length
+_unpack_length = struct.Struct("!H").unpack_from
 
 
 class BadPacket(Exception):
@@ -148,8 +148,10 @@ def may_be_client_hello(data: bytes) -> bool:
 def is_single_application_record(data: bytes) -> bool:
     """Whether the datagram is exactly one application-data record: the data
     path's common case, checked without building anything."""
-    return data[:1] == _APPLICATION_DATA_BYTE and len(data) == (
-        RECORD_HEADER_SIZE + int.from_bytes(data[11:13], "big")
+    return (
+        len(data) >= RECORD_HEADER_SIZE
+        and data[0] == APPLICATION_DATA
+        and len(data) == RECORD_HEADER_SIZE + _unpack_length(data, 11)[0]
     )
 
 
