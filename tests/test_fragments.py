@@ -14,6 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from OpenSSL import SSL
 
+import trio_dtlsmux
 from trio_dtlsmux import _records as rec
 from trio_dtlsmux._cookies import CookieJar
 from trio_dtlsmux._reassembly import (
@@ -823,3 +824,80 @@ def test_openssl_s_client_at_mtu_256_fragments_its_hello_and_connects(
     assert max(map(len, hello_datagrams)) == 228
     assert len(hello_datagrams) >= 6  # two hellos, three or more pieces each
     assert table.counters.hellos_reassembled == 2
+
+
+# -- through the endpoint ------------------------------------------------------
+
+
+async def test_our_client_at_mtu_256_fragments_its_hello_and_the_endpoint_reassembles(
+    autojump_clock: object, identity: trio_dtlsmux.SelfSigned
+) -> None:
+    # Before: the server dropped every fragmented hello as junk, so such a
+    # client could never connect.
+    from trio_dtlsmux import DtlsEndpoint
+    from trio_dtlsmux.testing import FakeNetwork, Packet
+
+    from .conftest import fake_socket
+
+    names = [p.decode() for p in ALPN]
+    server_ctx = trio_dtlsmux.server_context(identity, alpn=names)
+    client_ctx = trio_dtlsmux.client_context(fingerprint=identity.fingerprint, alpn=names)
+    net = FakeNetwork()
+    sizes: list[int] = []
+    def hook(packet: Packet) -> Packet:
+        if packet.source == ("10.0.0.2", 5000):
+            sizes.append(len(packet.payload))
+        return packet
+
+    net.route_hook = hook
+    async with DtlsEndpoint(
+        await fake_socket(net, "10.0.0.1", 4433), server_context=server_ctx
+    ) as server, DtlsEndpoint(await fake_socket(net, "10.0.0.2", 5000), mtu=256) as client:
+        conn = await client.connect(("10.0.0.1", 4433), client_ctx, server_hostname=False)
+        theirs = await server.accept()
+        assert conn.alpn_protocol == theirs.alpn_protocol == ALPN[0]
+        await conn.send(b"small world")
+        assert await theirs.receive() == b"small world"
+        stats = server.statistics()
+    assert max(sizes) <= 256  # what the client sent
+    # Both hellos (without and with the cookie) came in pieces.
+    assert stats.fragmented_hellos_completed == 2
+    assert stats.hello_fragments_dropped == 0
+    assert stats.junk_dropped == 0
+
+
+@pytest.mark.skipif(OPENSSL is None, reason="no openssl command line")
+async def test_openssl_s_client_at_mtu_256_connects_to_the_endpoint(
+    identity: trio_dtlsmux.SelfSigned,
+) -> None:
+    import trio
+
+    from trio_dtlsmux import DtlsEndpoint
+
+    from .conftest import udp_socket
+
+    names = [p.decode() for p in ALPN]
+    server_ctx = trio_dtlsmux.server_context(identity, alpn=names)
+    sock = await udp_socket()
+    port = sock.getsockname()[1]
+    assert OPENSSL is not None
+    with trio.fail_after(20):
+        async with DtlsEndpoint(sock, server_context=server_ctx) as server:
+            proc = await trio.lowlevel.open_process(
+                [OPENSSL, "s_client", "-dtls1_2", "-mtu", "256", "-quiet",
+                 "-alpn", ",".join(names), "-connect", f"127.0.0.1:{port}"],
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+            )  # fmt: skip
+            try:
+                theirs = await server.accept()
+                assert theirs.alpn_protocol == ALPN[0]
+                assert proc.stdout is not None
+                await theirs.send(b"hello, small world\n")
+                seen = b""
+                while b"\n" not in seen:
+                    seen += await proc.stdout.receive_some(4096)
+                assert seen == b"hello, small world\n"
+            finally:
+                proc.kill()
+                await proc.wait()
+            assert server.statistics().fragmented_hellos_completed == 2

@@ -25,6 +25,8 @@ def test_statistics_snapshots_are_json_ready() -> None:
         receive_buffer=None,
         send_buffer=None,
         kernel_drops=None,
+        fragmented_hellos_completed=0,
+        hello_fragments_dropped=0,
     )
     decoded = json.loads(json.dumps(snapshot.as_dict()))
     assert decoded["handshakes_failed"] == {"timeout": 1}
@@ -44,6 +46,8 @@ def test_counters_and_snapshots_declare_the_same_fields() -> None:
         "receive_buffer",
         "send_buffer",
         "kernel_drops",
+        "fragmented_hellos_completed",
+        "hello_fragments_dropped",
     }
     assert names(EndpointCounters) | names(TrafficCounters) | live == names(
         trio_dtlsmux.EndpointStatistics

@@ -44,7 +44,8 @@ from ._association import Association, Output, Role, State
 from ._config import EndpointConfig
 from ._cookies import COOKIE_LENGTH, CookieJar
 from ._events import Event, HandshakeCompleted, MessageReceived, PeerEnded, PeerStarted
-from ._statistics import EndpointCounters
+from ._reassembly import HelloReassembler
+from ._statistics import EndpointCounters, EndpointStatistics, TrafficCounters
 from .contexts import check_context_role
 
 __all__ = ["Demux", "prepare_server_context"]
@@ -112,6 +113,7 @@ class Demux:
         self._handshaking: set[Association] = set()
         self._spent_hellos: dict[tuple[tuple[Any, ...], bytes], float] = {}
         self._cookies = cookies or CookieJar(lifetime=config.cookie_lifetime)
+        self._reassembly = HelloReassembler()
         self._hvr_size = rec.hello_verify_request_size(COOKIE_LENGTH)
 
     # -- what the endpoint asks ----------------------------------------------
@@ -137,6 +139,27 @@ class Demux:
 
     def __iter__(self) -> Iterator[Association]:
         return iter(list(self._table.values()))
+
+    def statistics(self, traffic: TrafficCounters, **live: Any) -> EndpointStatistics:
+        """A snapshot of the endpoint's counters: the demux's own, the
+        transport's ``traffic`` and what the caller knows live."""
+        reassembly = self._reassembly.counters
+        return self.counters.snapshot(
+            traffic,
+            peers=len(self._table),
+            handshakes_in_progress=len(self._handshaking),
+            fragmented_hellos_completed=reassembly.hellos_reassembled,
+            hello_fragments_dropped=(
+                reassembly.datagrams_malformed
+                + reassembly.datagrams_too_big
+                + reassembly.fragments_scattered
+                + reassembly.entries_conflicting
+                + reassembly.entries_replaced
+                + reassembly.entries_evicted
+                + reassembly.entries_expired
+            ),
+            **live,
+        )
 
     def stop_accepting(self) -> None:
         """From now on, ClientHellos are dropped (the endpoint is closing)."""
@@ -315,6 +338,17 @@ class Demux:
         if not rec.starts_with_handshake(data):
             counters.junk_dropped += 1
             return [], []
+        if self._accepting:
+            # A hello that came in fragments is put back together first, in
+            # a bounded table (see _reassembly); a whole one passes as is.
+            try:
+                whole = self._reassembly.feed_untrusted(key, data, now)
+            except rec.BadPacket:
+                counters.junk_dropped += 1
+                return [], []
+            if whole is None:
+                return [], []
+            data = whole
         try:
             hello = rec.parse_client_hello_untrusted(data)
         except rec.BadPacket:

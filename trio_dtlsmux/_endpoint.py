@@ -240,12 +240,9 @@ class DtlsEndpoint:
 
     def statistics(self) -> EndpointStatistics:
         """A frozen snapshot of the endpoint's counters."""
-        demux = self._demux
         transport = self._transport
-        return demux.counters.snapshot(
+        return self._demux.statistics(
             transport.counters,
-            peers=demux.peers,
-            handshakes_in_progress=demux.handshaking,
             receive_buffer=transport.receive_buffer,
             send_buffer=transport.send_buffer,
             kernel_drops=transport.kernel_drops(),

@@ -112,6 +112,12 @@ class EndpointStatistics(_Snapshot):
       kernel_drops: datagrams the kernel dropped for this socket (mostly
         because the receive buffer was full) since it was made, or ``None``
         where the platform does not say (Linux does). A 32-bit counter.
+      fragmented_hellos_completed: ClientHellos that came in fragments and
+        were put back together (then checked like any other hello).
+      hello_fragments_dropped: datagrams of ClientHello fragments, and
+        partial hellos, given up on: malformed, too large, too scattered,
+        contradicting what was held, replaced, pushed out by newer ones
+        (the table holds at most 256), or incomplete after 5 seconds.
     """
 
     peers: int
@@ -133,6 +139,8 @@ class EndpointStatistics(_Snapshot):
     receive_buffer: int | None
     send_buffer: int | None
     kernel_drops: int | None
+    fragmented_hellos_completed: int
+    hello_fragments_dropped: int
 
 
 @attrs.define(slots=True)

@@ -169,6 +169,14 @@ _KNOWN: dict[str, tuple[str, str]] = {
         _GAUGE,
         "The socket's send buffer in bytes, as the kernel reports it.",
     ),
+    "fragmented_hellos_completed": (
+        _COUNTER,
+        "ClientHellos that came in fragments and were put back together.",
+    ),
+    "hello_fragments_dropped": (
+        _COUNTER,
+        "ClientHello fragments and partial hellos given up on.",
+    ),
     "kernel_drops": (
         _COUNTER,
         "Datagrams the kernel dropped for the socket, mostly for a full receive buffer.",
