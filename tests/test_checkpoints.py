@@ -214,10 +214,42 @@ async def test_entering_in_a_cancelled_scope_opens_nothing(server_ctx: SSL.Conte
         assert ep.socket is sock
 
 
+async def test_the_other_datagram_methods_are_checkpoints(server_ctx: SSL.Context) -> None:
+    async with DtlsEndpoint(
+        await udp_socket(), server_context=server_ctx, other_datagrams=4
+    ) as server, DtlsEndpoint(await udp_socket(), other_datagrams=4) as client:
+        address = server.socket.getsockname()
+        with trio.CancelScope() as scope:
+            scope.cancel()
+            await client.send_other(b"\x00cancelled", address)
+        assert scope.cancelled_caught
+        assert client.statistics().datagrams_out == 0
+        with trio.testing.assert_checkpoints():
+            await client.send_other(b"\x00stun", address)
+        with trio.fail_after(10):
+            while server.statistics().other_received == 0:
+                await trio.lowlevel.checkpoint()
+        with trio.CancelScope() as scope:
+            scope.cancel()
+            await server.receive_other()
+        assert scope.cancelled_caught
+        with trio.testing.assert_checkpoints():
+            data, _ = await server.receive_other()
+        assert data == b"\x00stun"
+
+
 def test_every_async_method_is_covered() -> None:
     # A new async method must get a test here too.
     covered = {
-        DtlsEndpoint: {"__aenter__", "__aexit__", "accept", "connect", "serve"},
+        DtlsEndpoint: {
+            "__aenter__",
+            "__aexit__",
+            "accept",
+            "connect",
+            "serve",
+            "receive_other",
+            "send_other",
+        },
         # trio.abc's own: __anext__ is receive(), __aexit__ is aclose(),
         # __aenter__ only returns the connection.
         DtlsConnection: {"send", "receive", "aclose", "__anext__", "__aenter__", "__aexit__"},

@@ -68,6 +68,11 @@ class EndpointConfig:
         ``statistics()`` reports what the socket got.
       send_buffer: the same for the send buffer (``SO_SNDBUF``,
         ``net.core.wmem_max``).
+      other_datagrams: how many datagrams that are not DTLS (by their first
+        byte, RFC 7983: STUN, RTP/RTCP, ...) wait for
+        :meth:`~trio_dtlsmux.DtlsEndpoint.receive_other`. ``0`` (the
+        default) drops and counts them as junk; when the inbox is full, new
+        ones are dropped and counted.
     """
 
     handshake_timeout: float = 30.0
@@ -82,6 +87,7 @@ class EndpointConfig:
     keylog: str | IO[bytes] | None = None
     receive_buffer: int | None = 4 * 1024 * 1024
     send_buffer: int | None = 1024 * 1024
+    other_datagrams: int = 0
 
     def __attrs_post_init__(self) -> None:
         _positive("handshake_timeout", self.handshake_timeout)
@@ -101,6 +107,7 @@ class EndpointConfig:
         _count("max_connections", self.max_connections)
         _count("max_handshakes", self.max_handshakes)
         _positive("cookie_lifetime", self.cookie_lifetime)
+        _count("other_datagrams", self.other_datagrams, 0)
         for name in ("receive_buffer", "send_buffer"):
             value = getattr(self, name)
             if value is not None:

@@ -19,6 +19,9 @@ time passed in:
 * **restarts** (RFC 6347, 4.2.8): a verified hello with a new random from an
   address we already serve replaces the old association;
 * **limits**: ``max_connections`` and ``max_handshakes``;
+* **demultiplexing** (RFC 7983), when asked for: a datagram whose first
+  byte is not DTLS's (STUN, RTP, RTCP on a WebRTC or SIP media socket) is
+  handed to the application as ``OtherReceived``, whoever sent it;
 * the **server context's preparation**, and the endpoint's protocol counters.
 
 Every method returns ``(datagrams, events)`` like the association does, and
@@ -43,7 +46,14 @@ from ._addresses import normalize_address
 from ._association import Association, Output, Role, State
 from ._config import EndpointConfig
 from ._cookies import COOKIE_LENGTH, CookieJar
-from ._events import Event, HandshakeCompleted, MessageReceived, PeerEnded, PeerStarted
+from ._events import (
+    Event,
+    HandshakeCompleted,
+    MessageReceived,
+    OtherReceived,
+    PeerEnded,
+    PeerStarted,
+)
 from ._reassembly import HelloReassembler
 from ._statistics import EndpointCounters, EndpointStatistics, TrafficCounters
 from .contexts import check_context_role
@@ -114,6 +124,7 @@ class Demux:
         self._spent_hellos: dict[tuple[tuple[Any, ...], bytes], float] = {}
         self._cookies = cookies or CookieJar(lifetime=config.cookie_lifetime)
         self._reassembly = HelloReassembler()
+        self._demultiplex = config.other_datagrams > 0
         self._hvr_size = rec.hello_verify_request_size(COOKIE_LENGTH)
 
     # -- what the endpoint asks ----------------------------------------------
@@ -171,6 +182,11 @@ class Demux:
         """One datagram from ``address``: returns the replies to it, and events."""
         # recvfrom reports IPv4 peers as (host, port) already.
         key = address if len(address) == 2 else normalize_address(address)
+        if self._demultiplex and not rec.is_dtls(data):
+            # RFC 7983: STUN, RTP and RTCP share the socket (and the peer's
+            # address) with DTLS; the first byte tells them apart.
+            self.counters.other_received += 1
+            return [], [OtherReceived(data, key)]
         association = self._table.get(key)
         try:
             if association is None:
@@ -288,14 +304,12 @@ class Demux:
     def _observe(self, events: list[Event], now: float) -> None:
         """Keep the table and counters in step with the associations."""
         for event in events:
-            kind = type(event)
-            if kind is MessageReceived:
-                continue
-            if kind is HandshakeCompleted:
+            if type(event) is MessageReceived:
+                continue  # the common case, first
+            if isinstance(event, HandshakeCompleted):
                 self._handshaking.discard(event.association)
                 self.counters.handshakes_completed += 1
-            elif kind is PeerEnded:
-                assert isinstance(event, PeerEnded)
+            elif isinstance(event, PeerEnded):
                 self._forget(event, now)
 
     def _forget(self, ended: PeerEnded, now: float) -> None:

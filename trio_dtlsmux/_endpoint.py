@@ -50,11 +50,13 @@ from ._events import (
     Event,
     HandshakeCompleted,
     MessageReceived,
+    OtherReceived,
     PeerEnded,
     PeerStarted,
 )
 from ._kernel import SocketError
 from ._logs import FailureLog
+from ._records import is_dtls
 from ._statistics import EndpointStatistics
 from ._transport import Transport
 from ._util import lone_exception, open_unwrapping_nursery, raise_unwrapped
@@ -154,6 +156,9 @@ class DtlsEndpoint:
         self._accept_send, self._accept_receive = trio.open_memory_channel[
             DtlsConnection
         ](math.inf)
+        self._other_send, self._other_receive = trio.open_memory_channel[
+            tuple[bytes, Any]
+        ](self.config.other_datagrams)
         self._nursery: trio.Nursery | None = None
         self._nursery_manager: Any = None
         self._state = "new"
@@ -216,6 +221,7 @@ class DtlsEndpoint:
     async def _close_all(self) -> None:
         self._state = "closing"
         self._accept_send.close()
+        self._other_send.close()
         goodbyes, events = self._demux.close_all(trio.current_time())
         self._dispatch(events)
         with trio.CancelScope(shield=True):
@@ -269,6 +275,66 @@ class DtlsEndpoint:
             return await self._accept_receive.receive()
         except trio.EndOfChannel:
             raise trio.ClosedResourceError("this DtlsEndpoint is closed") from None
+
+    async def receive_other(self) -> tuple[bytes, Any]:
+        """The next datagram that is not DTLS, as ``(data, address)``.
+
+        With ``other_datagrams=N``, datagrams whose first byte is not in
+        DTLS's range (RFC 7983: 0-3 STUN, 128-191 RTP and RTCP, ...) wait
+        here, up to ``N`` of them, whoever sent them; the address is
+        normalised like ``conn.peer_address``. DTLS peers are never slowed
+        by them: when the inbox is full, new ones are dropped and counted
+        (``statistics().other_dropped``).
+
+        Raises:
+          RuntimeError: the endpoint was made without ``other_datagrams``.
+          trio.ClosedResourceError: the endpoint is closed.
+        """
+        await trio.lowlevel.checkpoint_if_cancelled()
+        if self.config.other_datagrams == 0:
+            raise RuntimeError(
+                "this DtlsEndpoint drops datagrams that are not DTLS; pass "
+                "other_datagrams=N (an inbox size) to DtlsEndpoint to receive them"
+            )
+        self._check_open()
+        try:
+            return await self._other_receive.receive()
+        except (trio.EndOfChannel, trio.ClosedResourceError):
+            await trio.lowlevel.cancel_shielded_checkpoint()
+            raise trio.ClosedResourceError("this DtlsEndpoint is closed") from None
+
+    async def send_other(self, data: bytes, address: tuple[Any, ...]) -> None:
+        """Send one datagram that is not DTLS (a STUN answer, an SRTP
+        packet) from the endpoint's socket, in order with its DTLS traffic.
+
+        It is sent as it is: nothing is encrypted or checked but its type
+        and that its first byte is not DTLS's, so that the peer's endpoint
+        does not take it for a DTLS record (RFC 7983).
+
+        Raises:
+          TypeError: ``data`` is not bytes-like.
+          ValueError: ``data`` is empty or starts like DTLS (20-63), or
+            ``address`` is not a ``(host, port)`` tuple.
+          trio.ClosedResourceError: the endpoint is closed.
+        """
+        await trio.lowlevel.checkpoint_if_cancelled()
+        if not isinstance(data, (bytes, bytearray, memoryview)):
+            raise TypeError(
+                f"send_other() takes a bytes-like datagram, not {type(data).__name__}"
+            )
+        datagram = bytes(data)
+        if not datagram:
+            raise ValueError("cannot send an empty datagram")
+        if is_dtls(datagram):
+            raise ValueError(
+                f"a datagram whose first byte is {datagram[0]} (20-63) is DTLS "
+                "to the peer (RFC 7983); send DTLS through a DtlsConnection"
+            )
+        if not isinstance(address, tuple) or len(address) < 2:
+            raise ValueError(f"address must be a (host, port) tuple, not {address!r}")
+        self._check_open()
+        await self._transport.send([datagram], address)
+        await trio.lowlevel.cancel_shielded_checkpoint()
 
     async def serve(
         self,
@@ -452,6 +518,11 @@ class DtlsEndpoint:
                 except (trio.WouldBlock, trio.ClosedResourceError, trio.BrokenResourceError):
                     # Never block the receive task on one peer: drop, count.
                     event.association.message_dropped()
+            elif isinstance(event, OtherReceived):
+                try:
+                    self._other_send.send_nowait((event.data, event.address))
+                except (trio.WouldBlock, trio.ClosedResourceError):
+                    self._demux.counters.other_dropped += 1
             elif isinstance(event, PeerStarted):
                 self._adopt(event.association)
             elif isinstance(event, DeadlineChanged):

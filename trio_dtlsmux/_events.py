@@ -12,7 +12,8 @@ inbox, re-arms a timer, or forgets a peer that ended. Nothing is learnt by
 comparing the core's state before and after a call.
 
 Each event names its association, because one datagram can concern two (a
-peer that restarts ends one association and starts another).
+peer that restarts ends one association and starts another); the one
+exception is ``OtherReceived``, a datagram that is not DTLS at all.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ __all__ = [
     "Event",
     "HandshakeCompleted",
     "MessageReceived",
+    "OtherReceived",
     "PeerEnded",
     "PeerStarted",
 ]
@@ -86,6 +88,20 @@ class PeerEnded:
     error: BaseException | None
 
 
+@attrs.frozen(slots=True)
+class OtherReceived:
+    """A datagram that is not DTLS by its first byte (RFC 7983: STUN, RTP,
+    RTCP, ...), for the application; it belongs to no association."""
+
+    data: bytes
+    address: tuple[object, ...]
+
+
 Event: TypeAlias = (
-    PeerStarted | DeadlineChanged | HandshakeCompleted | MessageReceived | PeerEnded
+    PeerStarted
+    | DeadlineChanged
+    | HandshakeCompleted
+    | MessageReceived
+    | PeerEnded
+    | OtherReceived
 )

@@ -98,6 +98,10 @@ class EndpointStatistics(_Snapshot):
         ``max_connections`` or ``max_handshakes`` was reached.
       hellos_dropped_no_server: ClientHellos dropped because the endpoint has
         no ``server_context``.
+      other_received: datagrams that are not DTLS (RFC 7983: STUN, RTP, ...)
+        received with ``other_datagrams`` set, whether delivered or not.
+      other_dropped: of those, the ones dropped because the
+        ``receive_other`` inbox was full.
       datagrams_in: datagrams read from the socket, from anyone.
       bytes_in: their total size in bytes.
       datagrams_out: datagrams written to the socket.
@@ -131,6 +135,8 @@ class EndpointStatistics(_Snapshot):
     peers_restarted: int
     hellos_dropped_limits: int
     hellos_dropped_no_server: int
+    other_received: int
+    other_dropped: int
     datagrams_in: int
     bytes_in: int
     datagrams_out: int
@@ -188,6 +194,8 @@ class EndpointCounters:
     peers_restarted: int = 0
     hellos_dropped_limits: int = 0
     hellos_dropped_no_server: int = 0
+    other_received: int = 0
+    other_dropped: int = 0
 
     def handshake_failed(self, kind: str) -> None:
         self.handshakes_failed[kind] = self.handshakes_failed.get(kind, 0) + 1

@@ -156,6 +156,14 @@ _KNOWN: dict[str, tuple[str, str]] = {
         _COUNTER,
         "ClientHellos dropped because the endpoint has no server_context.",
     ),
+    "other_received": (
+        _COUNTER,
+        "Datagrams that are not DTLS (RFC 7983), with other_datagrams set.",
+    ),
+    "other_dropped": (
+        _COUNTER,
+        "Datagrams that are not DTLS dropped because their inbox was full.",
+    ),
     "datagrams_in": (_COUNTER, "Datagrams read from the socket."),
     "bytes_in": (_COUNTER, "Bytes in the datagrams read from the socket."),
     "datagrams_out": (_COUNTER, "Datagrams written to the socket."),
