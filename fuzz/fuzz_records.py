@@ -87,9 +87,14 @@ def check_client_hello(data: bytes) -> None:
     assert len(hello.cookie) <= 255
     header = rec.RECORD_HEADER_SIZE + rec.HANDSHAKE_HEADER_SIZE
     body_length = int.from_bytes(data[header - 3 : header], "big")
-    # The cookie input is the body minus the cookie vector (length byte and
-    # cookie), so two hellos that differ only in their cookie share it.
-    assert len(hello.cookie_input) + 1 + len(hello.cookie) == body_length
+    # The cookie input is the body minus the session id and cookie vectors
+    # (length bytes included), so two hellos that differ only in those
+    # share it.
+    session_id_length = data[header + 34]
+    assert (
+        len(hello.cookie_input) + 1 + session_id_length + 1 + len(hello.cookie)
+        == body_length
+    )
     assert data[header : header + 2] == hello.version.to_bytes(2, "big")
     assert data[header + 2 : header + 34] == hello.random
     assert hello.cookie in data

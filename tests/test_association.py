@@ -371,3 +371,18 @@ def test_a_new_flight_moves_the_deadline_earlier_and_says_so(
         DeadlineChanged(pair.client)
     ]
     assert pair.client.deadline == pair.now + 1.0
+
+
+def test_a_message_travels_in_a_datagram_of_its_own(pair: Pair) -> None:
+    # Found with Mbed TLS's test proxy: a retransmission OpenSSL wrote on its
+    # own went out packed in one datagram in front of the next message.
+    pair.deliver()
+    ssl = pair.server.ssl
+    assert ssl is not None
+    stray = rec.encode_record(rec.HANDSHAKE, rec.DTLS1_2_VERSION, 1, 99, b"x" * 20)
+    # As if OpenSSL had written it: into the connection's output BIO.
+    assert SSL._lib.BIO_write(ssl._from_ssl, stray, len(stray)) == len(stray)  # type: ignore[attr-defined]
+    out = pair.server.send_message(b"alone")
+    assert out[0] == stray
+    assert rec.is_single_application_record(out[-1])
+    assert messages_in(pair.client.receive_datagram(out[-1], pair.now)[1]) == [b"alone"]

@@ -25,6 +25,7 @@ CORE = {
     "_demux",
     "_events",
     "_reassembly",
+    "_sessions",
     "_recordio",
     "_records",
     "_statistics",

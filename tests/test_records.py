@@ -44,8 +44,10 @@ def test_client_hello_fields() -> None:
     assert len(hello.random) == 32
     assert hello.cookie == b""
     assert hello.random in HELLO
-    # The cookie input is the whole body minus the (empty) cookie vector.
-    assert len(hello.cookie_input) == len(HELLO) - 13 - 12 - 1
+    # The cookie input is the whole body minus the (empty) cookie vector and
+    # the session id vector.
+    session_id_length = HELLO[13 + 12 + 34]
+    assert len(hello.cookie_input) == len(HELLO) - 13 - 12 - 1 - (1 + session_id_length)
 
 
 def test_hello_verify_request_round_trip() -> None:
@@ -185,3 +187,26 @@ def test_sniffing_helpers() -> None:
         False, False, False, True, True, True, False, False
     ]
     assert not rec.is_dtls(b"")
+
+
+def _with_session_id(datagram: bytes, session_id: bytes) -> bytes:
+    """``datagram``'s hello with another session id (lengths fixed up)."""
+    header = rec.RECORD_HEADER_SIZE + rec.HANDSHAKE_HEADER_SIZE
+    body = datagram[header:]
+    old = body[34]
+    new_body = body[:34] + bytes([len(session_id)]) + session_id + body[35 + old :]
+    fragment = rec.encode_handshake_fragment(rec.HS_CLIENT_HELLO, len(new_body), 0, 0, new_body)
+    return rec.encode_record(rec.HANDSHAKE, rec.DTLS1_2_VERSION, 0, 0, fragment)
+
+
+def test_the_cookie_input_leaves_out_the_session_id() -> None:
+    # Mbed TLS 2.28, resuming by ticket, draws a new session id for its
+    # second hello (the one with the cookie), against RFC 6347 4.2.1; a
+    # cookie bound to the session id sent it cookie after cookie.
+    first = rec.parse_client_hello_untrusted(_with_session_id(HELLO, b"A" * 32))
+    second = rec.parse_client_hello_untrusted(_with_session_id(HELLO, b"B" * 32))
+    empty = rec.parse_client_hello_untrusted(_with_session_id(HELLO, b""))
+    assert first.cookie_input == second.cookie_input == empty.cookie_input
+    assert first.random == second.random
+    # The rest of the offer is still bound.
+    assert first.cookie_input != rec.parse_client_hello_untrusted(HELLO[:-1] + b"\x01").cookie_input

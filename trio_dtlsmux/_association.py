@@ -89,6 +89,7 @@ from ._events import (
     PeerEnded,
 )
 from ._recordio import RecordIO, record_io
+from ._sessions import keep_resumable, session_reused
 from ._statistics import ConnectionCounters
 
 _BIO_CHUNK = 65536
@@ -116,6 +117,10 @@ class State(enum.Enum):
 
 
 _LIVE = frozenset({State.HANDSHAKING, State.ESTABLISHED})
+# Endings after which the session may be resumed: nothing went wrong with it.
+_CLEAN_ENDS = frozenset(
+    {State.CLOSED, State.PEER_CLOSED, State.TIMED_OUT, State.REPLACED}
+)
 _ALLOWED: dict[State, frozenset[State]] = {
     State.HANDSHAKING: frozenset(
         {State.ESTABLISHED, State.FAILED, State.CLOSED, State.REPLACED, State.TIMED_OUT}
@@ -155,8 +160,10 @@ class Association:
         server_hostname: str | None = None,
         first_record_seq: int = 0,
         client_random: bytes | None = None,
+        session: SSL.Session | None = None,
     ) -> None:
         self.role = role
+        self.context = context
         self.address = address
         self.config = config
         self.state = State.HANDSHAKING
@@ -181,6 +188,10 @@ class Association:
         self._final_resend_ok_at = -math.inf
         self._cleartext_mtu: int | None = None
         self.session_info: dict[str, Any] = {}
+        #: Client role: the session agreed, to offer again (_sessions).
+        self.session: SSL.Session | None = None
+        #: Whether the handshake resumed a session (abbreviated handshake).
+        self.session_reused = False
 
         ssl = SSL.Connection(context, None)
         ssl.set_options(SSL.OP_NO_QUERY_MTU | SSL.OP_NO_RENEGOTIATION)
@@ -192,6 +203,8 @@ class Association:
             ssl.set_connect_state()
             if server_hostname and not is_ip_literal(server_hostname):
                 ssl.set_tlsext_host_name(server_hostname.encode("idna"))
+            if session is not None:
+                ssl.set_session(session)
         else:
             ssl.set_accept_state()
         self._ssl: SSL.Connection | None = ssl
@@ -214,17 +227,24 @@ class Association:
         allowed = _ALLOWED.get(self.state)
         if allowed is None or new not in allowed:
             return False
+        resumable = self.state is State.ESTABLISHED and new in _CLEAN_ENDS
         self.state = new
         self.live = new in _LIVE
         if new is not State.ESTABLISHED:
             self.error = error
-            self._free()
+            self._free(resumable=resumable)
             self._events.append(PeerEnded(self, new, error))
         return True
 
-    def _free(self) -> None:
-        """Drop the SSL object and buffers; the peer is done."""
+    def _free(self, *, resumable: bool) -> None:
+        """Drop the SSL object and buffers; the peer is done.
+
+        A session that ended cleanly stays resumable (see _sessions); one
+        that failed or broke does not.
+        """
         if self._ssl is not None:
+            if resumable:
+                keep_resumable(self._ssl)
             self._ssl.set_app_data(None)
             self._ssl = None
         self._io = None
@@ -356,6 +376,9 @@ class Association:
             self._flight = []
         self._cleartext_mtu = self._compute_cleartext_mtu(ssl)
         self._io = record_io(ssl)
+        self.session_reused = session_reused(ssl)
+        if self.role is Role.CLIENT:
+            self.session = ssl.get_session()
         self.session_info = self._snapshot_session(ssl)
         keylog_line = None
         if self.config.keylog is not None:
@@ -775,15 +798,23 @@ class Association:
             raise self.send_error() from None
         counters = self.counters
         counters.messages_out += 1
-        if len(record) < limit:
+        if len(record) < limit and rec.is_single_application_record(record):
             # One encrypted record that fits: the datagram as OpenSSL wrote it.
             counters.datagrams_out += 1
             counters.bytes_out += len(record)
             return [record]
-        # More than one datagram's worth: send() checks sizes, so this is
-        # only a safety net.
+        # Something else came out with it (a retransmission OpenSSL made on
+        # its own), or more than a datagram's worth (send() checks sizes, so
+        # that is only a safety net). The message travels in a datagram of
+        # its own, so that a peer (or a middlebox) that expects application
+        # data alone in a datagram gets it that way.
         records = rec.parse_records_untrusted(record + self._drain_bytes())
-        return self._pack(records, count=True)
+        messages = [r for r in records if r.content_type == rec.APPLICATION_DATA]
+        others = [r for r in records if r.content_type != rec.APPLICATION_DATA]
+        out = self._pack(others, count=True)
+        for message in messages:
+            out += self._pack([message], count=True)
+        return out
 
     # -- session info ------------------------------------------------------
 

@@ -68,6 +68,11 @@ class EndpointConfig:
         ``statistics()`` reports what the socket got.
       send_buffer: the same for the send buffer (``SO_SNDBUF``,
         ``net.core.wmem_max``).
+      session_cache: how many client sessions the endpoint remembers, the
+        last one per (address, server name, context), to offer again on the
+        next ``connect`` with the same three (an abbreviated handshake, if
+        the server agrees). ``0`` turns it off. A session is never offered
+        to another address, under another name or with another context.
       other_datagrams: how many datagrams that are not DTLS (by their first
         byte, RFC 7983: STUN, RTP/RTCP, ...) wait for
         :meth:`~trio_dtlsmux.DtlsEndpoint.receive_other`. ``0`` (the
@@ -87,6 +92,7 @@ class EndpointConfig:
     keylog: str | IO[bytes] | None = None
     receive_buffer: int | None = 4 * 1024 * 1024
     send_buffer: int | None = 1024 * 1024
+    session_cache: int = 1000
     other_datagrams: int = 0
 
     def __attrs_post_init__(self) -> None:
@@ -108,6 +114,7 @@ class EndpointConfig:
         _count("max_handshakes", self.max_handshakes)
         _positive("cookie_lifetime", self.cookie_lifetime)
         _count("other_datagrams", self.other_datagrams, 0)
+        _count("session_cache", self.session_cache, 0)
         for name in ("receive_buffer", "send_buffer"):
             value = getattr(self, name)
             if value is not None:

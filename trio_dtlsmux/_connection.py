@@ -26,6 +26,7 @@ from cryptography import x509
 from OpenSSL import SSL
 
 from ._association import Association, State
+from ._sessions import session_to_bytes
 from ._statistics import ConnectionStatistics
 from ._util import NoPublicConstructor
 
@@ -268,6 +269,24 @@ class DtlsConnection(trio.abc.Channel[bytes], metaclass=NoPublicConstructor):
         Server role: the SNI name the client sent, if any."""
         value = self._session().get("server_hostname")
         return value if isinstance(value, str) else None
+
+    @property
+    def session(self) -> bytes | None:
+        """Client role: the session agreed, as bytes to keep (across restarts
+        too) and pass to :meth:`DtlsEndpoint.connect` as ``session=`` for
+        an abbreviated handshake. ``None`` on the server role, before the
+        handshake, or where this pyOpenSSL cannot export sessions.
+
+        It holds the session's master secret: keep it as secret as a key.
+        """
+        session = self._association.session
+        return None if session is None else session_to_bytes(session)
+
+    @property
+    def session_reused(self) -> bool:
+        """Whether the handshake resumed an earlier session (abbreviated:
+        no certificate, no key exchange), on either role."""
+        return self._association.session_reused
 
     def export_keying_material(
         self, label: bytes, length: int, context: bytes | None = None

@@ -55,6 +55,7 @@ from ._events import (
     PeerStarted,
 )
 from ._reassembly import HelloReassembler
+from ._sessions import SessionCache
 from ._statistics import EndpointCounters, EndpointStatistics, TrafficCounters
 from .contexts import check_context_role
 
@@ -124,6 +125,7 @@ class Demux:
         self._spent_hellos: dict[tuple[tuple[Any, ...], bytes], float] = {}
         self._cookies = cookies or CookieJar(lifetime=config.cookie_lifetime)
         self._reassembly = HelloReassembler()
+        self._sessions = SessionCache(config.session_cache)
         self._demultiplex = config.other_datagrams > 0
         self._hvr_size = rec.hello_verify_request_size(COOKIE_LENGTH)
 
@@ -235,9 +237,13 @@ class Demux:
         *,
         server_hostname: str | None,
         now: float,
+        session: SSL.Session | None = None,
     ) -> tuple[Association, Output]:
         """Start a client handshake with ``address``; returns the new
         association, its first flight and events (``PeerStarted`` first).
+
+        It offers ``session``, or else the last session the cache holds for
+        this address, name and context.
 
         Raises:
           ValueError: there already is an association with that address, or
@@ -250,6 +256,8 @@ class Demux:
                 f"this endpoint already has an association with {key!r}; a socket "
                 "holds at most one per peer address (close it first)"
             )
+        if session is None:
+            session = self._sessions.get(key, server_hostname, context)
         association = Association(
             context,
             role=Role.CLIENT,
@@ -257,6 +265,7 @@ class Demux:
             config=self.config,
             now=now,
             server_hostname=server_hostname,
+            session=session,
         )
         self._table[key] = association
         self._handshaking.add(association)
@@ -307,8 +316,16 @@ class Demux:
             if type(event) is MessageReceived:
                 continue  # the common case, first
             if isinstance(event, HandshakeCompleted):
-                self._handshaking.discard(event.association)
+                association = event.association
+                self._handshaking.discard(association)
                 self.counters.handshakes_completed += 1
+                if association.session is not None:
+                    self._sessions.remember(
+                        association.address,
+                        association.server_hostname,
+                        association.context,
+                        association.session,
+                    )
             elif isinstance(event, PeerEnded):
                 self._forget(event, now)
 

@@ -57,6 +57,7 @@ from ._events import (
 from ._kernel import SocketError
 from ._logs import FailureLog
 from ._records import is_dtls
+from ._sessions import session_from_bytes
 from ._statistics import EndpointStatistics
 from ._transport import Transport
 from ._util import lone_exception, open_unwrapping_nursery, raise_unwrapped
@@ -391,6 +392,7 @@ class DtlsEndpoint:
         context: SSL.Context,
         *,
         server_hostname: str | bool | None = None,
+        session: bytes | None = None,
     ) -> DtlsConnection:
         """Open a client connection to ``address`` over this endpoint's socket.
 
@@ -406,12 +408,19 @@ class DtlsEndpoint:
             name check off (pinned or self-signed peers). Only contexts made
             by :func:`~trio_dtlsmux.client_context` check names; a name is
             sent as SNI unless it is an IP literal.
+          session: a session from an earlier connection's
+            :attr:`DtlsConnection.session` to offer, for an abbreviated
+            handshake if the server still knows it (see
+            :attr:`DtlsConnection.session_reused`). By default the endpoint
+            offers the last session it had with this address, name and
+            context (``session_cache``), if any.
 
         Raises:
           HandshakeError: the handshake failed (alert, verification, timeout:
             :class:`HandshakeTimeout`).
-          ValueError: there already is an association with that address, or
-            the address is malformed.
+          ValueError: there already is an association with that address, the
+            address is malformed, ``session`` is not a session, or
+            ``context`` was made by :func:`~trio_dtlsmux.server_context`.
           OSError: the host name does not resolve.
         """
         await trio.lowlevel.checkpoint_if_cancelled()
@@ -429,6 +438,7 @@ class DtlsEndpoint:
             raise ValueError(f"port must be an integer from 1 to 65535, not {port!r}")
         if server_hostname is True:
             raise ValueError("server_hostname must be a name, None or False")
+        offered = None if session is None else session_from_bytes(session, context)
         if server_hostname is None:
             expected: str | None = host
         elif server_hostname is False:
@@ -438,7 +448,11 @@ class DtlsEndpoint:
         key = await self._resolve(address)
         self._check_open()
         association, (first_flight, events) = self._demux.connect(
-            context, key, server_hostname=expected, now=trio.current_time()
+            context,
+            key,
+            server_hostname=expected,
+            now=trio.current_time(),
+            session=offered,
         )
         self._dispatch(events)
         peer = self._peers.get(association)

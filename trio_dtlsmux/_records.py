@@ -112,9 +112,10 @@ class HandshakeFragment:
 class ClientHello:
     """The parts of a ClientHello the stateless cookie check needs.
 
-    ``cookie_input`` is every field of the hello except the cookie itself,
-    so that a cookie binds the exact offer the client made (RFC 6347,
-    4.2.1 recommends including the hello's parameters).
+    ``cookie_input`` is every field of the hello except the cookie itself
+    and the session id, so that a cookie binds the offer the client made
+    (RFC 6347, 4.2.1 recommends including the hello's parameters) but not
+    the session id some clients change between their two hellos.
     """
 
     record_seq: int
@@ -329,6 +330,7 @@ def parse_client_hello_untrusted(datagram: bytes) -> ClientHello:
     reader = _Reader(body)
     version = int.from_bytes(reader.take(2), "big")
     random = reader.take(32)
+    session_id_start = reader.offset
     session_id = reader.vector(1)
     cookie_start = reader.offset
     cookie = reader.vector(1)
@@ -343,13 +345,18 @@ def parse_client_hello_untrusted(datagram: bytes) -> ClientHello:
         if reader.offset != len(body):
             raise BadPacket("trailing bytes after ClientHello extensions")
         del extensions
-    del session_id
+    del session_id, cookie_start
     return ClientHello(
         record_seq=(seq_hi << 32) | seq_lo,
         version=version,
         random=random,
         cookie=cookie,
-        cookie_input=body[:cookie_start] + body[cookie_end:],
+        # Neither the cookie nor the session id: some clients (Mbed TLS 2.28
+        # resuming by ticket) draw a new session id for the hello that
+        # carries the cookie, against RFC 6347 4.2.1. A cookie must prove
+        # that the client receives at its address; binding it to the
+        # session id adds nothing to that, and refusing them loops forever.
+        cookie_input=body[:session_id_start] + body[cookie_end:],
     )
 
 
