@@ -313,3 +313,12 @@ def test_a_server_context_is_refused_for_connect(
     with pytest.raises(ValueError, match="client_context"):
         link.client.connect(server_ctx, OTHER, server_hostname=None, now=0.0)
     assert link.client.peers == 0
+
+
+def test_only_a_newcomers_handshake_may_wait(link: Link) -> None:
+    client, _ = link.established()
+    [data] = client.send_message(b"x")
+    hello = link.log[0]
+    assert link.server.can_wait(hello, OTHER)  # a stranger's hello
+    assert not link.server.can_wait(hello, CLIENT)  # a peer we have
+    assert not link.server.can_wait(data, OTHER)  # not a handshake

@@ -180,6 +180,17 @@ class Demux:
 
     # -- input -----------------------------------------------------------------
 
+    def can_wait(self, data: bytes, address: Any) -> bool:
+        """Whether ``data`` may wait for the rest of its receive batch: a
+        handshake record from an address without an association (a new
+        peer's hello). Under a storm of new handshakes, the peers already
+        there (established, or finishing their handshake) go first, and
+        the cheapest work (a cookie) and the shedding happen last."""
+        if not rec.starts_with_handshake(data):
+            return False
+        key = address if len(address) == 2 else normalize_address(address)
+        return key not in self._table
+
     def receive_datagram(self, data: bytes, address: Any, now: float) -> Output:
         """One datagram from ``address``: returns the replies to it, and events."""
         # recvfrom reports IPv4 peers as (host, port) already.

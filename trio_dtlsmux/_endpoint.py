@@ -189,7 +189,9 @@ class DtlsEndpoint:
         self._nursery_manager = trio.open_nursery()
         self._nursery = await self._nursery_manager.__aenter__()
         self._state = "open"
-        self._nursery.start_soon(self._transport.receive_loop, self._on_datagram)
+        self._nursery.start_soon(
+            self._transport.receive_loop, self._on_datagram, self._demux.can_wait
+        )
         await trio.lowlevel.cancel_shielded_checkpoint()
         return self
 

@@ -57,6 +57,13 @@ _RECV_BATCH = 64
 
 #: ``handler(data, address, now) -> replies to address``
 DatagramHandler = Callable[[bytes, Any, float], list[bytes]]
+#: ``can_wait(data, address) -> bool``: may this datagram be handled after
+#: the rest of its batch (a newcomer's hello, under load)?
+Triage = Callable[[bytes, Any], bool]
+
+
+def _never(data: bytes, address: Any) -> bool:
+    return False
 #: ``on_errors(errors, now)``: ICMP errors from the socket's error queue
 ErrorHandler = Callable[[list[SocketError], float], None]
 
@@ -263,9 +270,15 @@ class Transport:
     # -- receiving -------------------------------------------------------------
 
     @trio.lowlevel.enable_ki_protection
-    async def receive_loop(self, handler: DatagramHandler) -> None:
+    async def receive_loop(
+        self, handler: DatagramHandler, can_wait: Triage = _never
+    ) -> None:
         """Read datagrams until the socket closes, handing each to
         ``handler`` and sending the replies it returns.
+
+        Within each batch, the datagrams for which ``can_wait`` is true
+        (newcomers' hellos) are handled after all the others, so that under
+        a storm of handshakes the peers already there are served first.
 
         Ctrl-C never lands in the middle of routing a datagram: the task
         is protected, so Trio delivers the ``KeyboardInterrupt`` to the
@@ -274,7 +287,7 @@ class Transport:
         if self._raw is None:
             await self._receive_one_at_a_time(handler)
         else:
-            await self._receive_batched(self._raw, handler)
+            await self._receive_batched(self._raw, handler, can_wait)
 
     async def _receive_one_at_a_time(self, handler: DatagramHandler) -> None:
         sock = self.sock
@@ -298,7 +311,7 @@ class Transport:
                 await self.send(replies, address)
 
     async def _receive_batched(
-        self, raw: _stdlib_socket.socket, handler: DatagramHandler
+        self, raw: _stdlib_socket.socket, handler: DatagramHandler, can_wait: Triage
     ) -> None:
         """Everything the kernel has queued, read per wake-up of the task.
 
@@ -315,6 +328,7 @@ class Transport:
                 return
             now = trio.current_time()
             received = False
+            later: list[tuple[bytes, Any]] = []
             for _ in range(_RECV_BATCH):
                 try:
                     data, address = recvfrom(_RECV_SIZE)
@@ -331,6 +345,13 @@ class Transport:
                 received = True
                 counters.datagrams_in += 1
                 counters.bytes_in += len(data)
+                if can_wait(data, address):
+                    later.append((data, address))
+                    continue
+                replies = handler(data, address, now)
+                if replies:
+                    await self.send(replies, address)
+            for data, address in later:
                 replies = handler(data, address, now)
                 if replies:
                     await self.send(replies, address)
