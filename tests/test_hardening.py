@@ -39,6 +39,7 @@ import trio_dtlsmux
 from trio_dtlsmux import DtlsConnection, DtlsEndpoint, HandshakeError, SelfSigned
 from trio_dtlsmux import _records as rec
 from trio_dtlsmux._cookies import COOKIE_LENGTH
+from trio_dtlsmux._reassembly import HelloReassembler
 from trio_dtlsmux.testing import FakeNetwork, NetworkConditions, Packet
 
 from .conftest import echo, fake_socket, udp_socket
@@ -857,16 +858,26 @@ STRANGERS = [(f"10.66.0.{i}", 7000 + i) for i in range(1, 5)]
 WELL_BEHAVED = ("10.0.0.3", 5000)  # connects while the hostile datagrams arrive
 
 
-def stranger_model(data: bytes) -> Counter[str]:
+def stranger_model(
+    data: bytes, table: HelloReassembler, source: tuple[str, int]
+) -> Counter[str]:
     """What a datagram from an address with no association costs, and where
-    it is counted (``_handle_stranger``). Exactly one of ``junk_dropped`` and
-    ``cookies_sent`` grows per datagram; ``cookie_failures`` is a second tag
-    on hellos that carried a (necessarily forged) cookie."""
+    it is counted (the demux's ``_receive_stranger``). Exactly one of
+    ``junk_dropped``, ``cookies_sent`` and ``hello_fragments_in`` grows per
+    datagram; ``cookie_failures`` is a second tag on hellos that carried a
+    (necessarily forged) cookie. Pieces of a ClientHello go through the
+    reassembly table (``table``, a model of the server's: that unit has
+    tests of its own) before anything else."""
     counts: Counter[str] = Counter()
     try:
         if data[:1] != b"\x16":
             raise rec.BadPacket("not a handshake record")
-        hello = rec.parse_client_hello_untrusted(data)
+        whole = table.feed_untrusted(source, data, 0.0)
+        if whole is None:
+            counts["hello_fragments_in"] += 1
+            return counts
+        hello = rec.parse_client_hello_untrusted(whole)
+        data = whole
     except rec.BadPacket:
         counts["junk_dropped"] += 1
         return counts
@@ -876,7 +887,9 @@ def stranger_model(data: bytes) -> Counter[str]:
     return counts
 
 
-def spoofed_peer_model(data: bytes, client_random: bytes) -> Counter[str]:
+def spoofed_peer_model(
+    data: bytes, client_random: bytes, table: HelloReassembler
+) -> Counter[str]:
     """The same for a datagram forged with an established client's address,
     at the server (``_handle_datagram`` and ``Association.receive_datagram``).
 
@@ -900,7 +913,7 @@ def spoofed_peer_model(data: bytes, client_random: bytes) -> Counter[str]:
             pass
         else:
             if hello.random != client_random:
-                return stranger_model(data)
+                return stranger_model(data, table, CLIENT)
     counts: Counter[str] = Counter(connection_datagrams_in=1)
     try:
         records = rec.split_datagram_untrusted(data)
@@ -993,7 +1006,12 @@ async def hostile_scenario(
             )
             out["delta"] = {
                 name: getattr(after, name) - getattr(before, name)
-                for name in (*ENDPOINT_COUNTERS, "datagrams_in", "peers_restarted")
+                for name in (
+                    *ENDPOINT_COUNTERS,
+                    "datagrams_in",
+                    "peers_restarted",
+                    "hello_fragments_in",
+                )
             }
             out["a_delta"] = {
                 name: getattr(a_after, name) - getattr(a_before, name)
@@ -1020,11 +1038,12 @@ def check_hostile_accounting(
     result: dict[str, Any], hostile: list[tuple[bytes, int]]
 ) -> Counter[str]:
     expected: Counter[str] = Counter()
+    table = HelloReassembler()
     for data, sender in hostile:
         if sender == 0:
-            expected += spoofed_peer_model(data, result["client_random"])
+            expected += spoofed_peer_model(data, result["client_random"], table)
         else:
-            expected += stranger_model(data)
+            expected += stranger_model(data, table, STRANGERS[sender - 1])
     delta, a_delta = result["delta"], result["a_delta"]
     # Every datagram was read, hostile and legitimate alike.
     assert delta["datagrams_in"] == len(hostile) + result["legit_to_server"]
@@ -1033,13 +1052,14 @@ def check_hostile_accounting(
     assert delta["junk_dropped"] == expected["junk_dropped"]
     assert delta["cookies_sent"] == expected["cookies_sent"] + result["hvr_to_b"]
     assert delta["cookie_failures"] == expected["cookie_failures"]
+    assert delta["hello_fragments_in"] == expected["hello_fragments_in"]
     assert delta["hellos_dropped_limits"] == delta["peers_restarted"] == 0
     assert a_delta["datagrams_in"] == expected["connection_datagrams_in"]
     assert a_delta["records_rejected"] == expected["records_rejected"]
     # The disjoint sum: every hostile datagram in exactly one place.
-    assert delta["junk_dropped"] + delta["cookies_sent"] - result["hvr_to_b"] + a_delta[
-        "datagrams_in"
-    ] == len(hostile)
+    assert delta["junk_dropped"] + delta["cookies_sent"] - result["hvr_to_b"] + delta[
+        "hello_fragments_in"
+    ] + a_delta["datagrams_in"] == len(hostile)
     # Nothing forged was delivered or refreshed A's idle timer.
     assert a_delta["messages_in"] == 0
     assert result["a_last_datagram_unchanged"]

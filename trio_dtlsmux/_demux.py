@@ -389,6 +389,7 @@ class Demux:
                 counters.junk_dropped += 1
                 return [], []
             if whole is None:
+                counters.hello_fragments_in += 1
                 return [], []
             data = whole
         try:

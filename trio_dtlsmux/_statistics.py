@@ -116,6 +116,9 @@ class EndpointStatistics(_Snapshot):
       kernel_drops: datagrams the kernel dropped for this socket (mostly
         because the receive buffer was full) since it was made, or ``None``
         where the platform does not say (Linux does). A 32-bit counter.
+      hello_fragments_in: datagrams from strangers that held a piece of a
+        ClientHello, not yet the whole of one: each was taken into the
+        bounded reassembly table or refused by it.
       fragmented_hellos_completed: ClientHellos that came in fragments and
         were put back together (then checked like any other hello).
       hello_fragments_dropped: datagrams of ClientHello fragments, and
@@ -137,6 +140,7 @@ class EndpointStatistics(_Snapshot):
     hellos_dropped_no_server: int
     other_received: int
     other_dropped: int
+    hello_fragments_in: int
     datagrams_in: int
     bytes_in: int
     datagrams_out: int
@@ -196,6 +200,7 @@ class EndpointCounters:
     hellos_dropped_no_server: int = 0
     other_received: int = 0
     other_dropped: int = 0
+    hello_fragments_in: int = 0
 
     def handshake_failed(self, kind: str) -> None:
         self.handshakes_failed[kind] = self.handshakes_failed.get(kind, 0) + 1

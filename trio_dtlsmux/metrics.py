@@ -177,6 +177,10 @@ _KNOWN: dict[str, tuple[str, str]] = {
         _GAUGE,
         "The socket's send buffer in bytes, as the kernel reports it.",
     ),
+    "hello_fragments_in": (
+        _COUNTER,
+        "Datagrams from strangers holding a piece of a ClientHello.",
+    ),
     "fragmented_hellos_completed": (
         _COUNTER,
         "ClientHellos that came in fragments and were put back together.",
