@@ -1,0 +1,474 @@
+"""Pre-shared keys: the binding, the contexts, the endpoint, and real peers.
+
+In-memory handshakes (two ``SSL.Connection`` objects with memory BIOs) check
+the contexts and the callbacks; FakeNetwork under the autojump clock checks
+what the endpoint reports; loopback UDP checks interop with gnutls-cli,
+gnutls-serv, openssl s_client / s_server and libcoap's coap-client, each
+skipped with a reason when the tool is not installed.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import weakref
+from collections.abc import Callable
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+from OpenSSL import SSL
+
+import trio_dtlsmux
+from trio_dtlsmux import (
+    SelfSigned,
+    _psk,
+)
+
+from .conftest import drain_bio
+
+KEY = bytes.fromhex("00112233445566778899aabbccddeeff")
+OTHER_KEY = bytes(16)
+KEY_HEX = KEY.hex()
+
+SUITES = ["PSK-AES128-CCM8", "PSK-AES128-GCM-SHA256", "ECDHE-PSK-CHACHA20-POLY1305"]
+
+
+# -- in-memory handshakes --------------------------------------------------------
+
+
+class Outcome:
+    def __init__(self, client: SSL.Connection, server: SSL.Connection) -> None:
+        self.client = client
+        self.server = server
+        self.done = [False, False]
+        self.errors: list[SSL.Error | None] = [None, None]
+
+    @property
+    def ok(self) -> bool:
+        return all(self.done)
+
+    @property
+    def cipher(self) -> str | None:
+        assert self.ok, self.errors
+        name = self.server.get_cipher_name()
+        assert name == self.client.get_cipher_name()
+        return name
+
+
+def handshake(
+    client_ctx: SSL.Context, server_ctx: SSL.Context, *, session: Any = None
+) -> Outcome:
+    client = SSL.Connection(client_ctx, None)
+    if session is not None:
+        client.set_session(session)
+    server = SSL.Connection(server_ctx, None)
+    outcome = Outcome(client, server)
+    for conn in (client, server):
+        conn.set_ciphertext_mtu(1400)
+        conn.set_options(SSL.OP_NO_QUERY_MTU)
+    client.set_connect_state()
+    server.set_accept_state()
+    sides = [client, server]
+    for _ in range(20):
+        moved = False
+        for index, conn in enumerate(sides):
+            if not outcome.done[index] and outcome.errors[index] is None:
+                try:
+                    conn.do_handshake()
+                    outcome.done[index] = True
+                except SSL.WantReadError:
+                    pass
+                except SSL.Error as exc:
+                    outcome.errors[index] = exc
+            for datagram in drain_bio(conn):
+                moved = True
+                sides[1 - index].bio_write(datagram)
+        if not moved:
+            break
+    return outcome
+
+
+def psk_server(**kwargs: Any) -> SSL.Context:
+    kwargs.setdefault("psk", {b"dev1": KEY})
+    return trio_dtlsmux.server_context(**kwargs)
+
+
+def psk_client(
+    identity: bytes = b"dev1", key: bytes = KEY, ciphers: str | None = None, **kwargs: Any
+) -> SSL.Context:
+    ctx = trio_dtlsmux.client_context(psk=(identity, key), **kwargs)
+    if ciphers is not None:
+        ctx.set_cipher_list(ciphers.encode())
+    return ctx
+
+
+def only(suite: str) -> str:
+    """A cipher list of one suite, at the security level it needs."""
+    return suite + (":@SECLEVEL=0" if "CCM8" in suite else "")
+
+
+# -- the binding -------------------------------------------------------------------
+
+
+def test_the_binding_we_test_against_has_psk_support() -> None:
+    # If pyOpenSSL or cryptography change, this fails rather than every PSK
+    # context quietly becoming a NotImplementedError for users.
+    assert _psk._BINDING is not None
+    assert _psk._binding() is not None
+
+
+def test_a_binding_without_the_psk_functions_is_noticed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(SSL, "_lib", SimpleNamespace(Cryptography_HAS_PSK=1))
+    assert _psk._binding() is None
+
+
+def test_a_binding_that_says_it_has_no_psk_is_believed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    lib = SSL._lib  # type: ignore[attr-defined]
+    # Every PSK function present, but the flag that says they work is off.
+    fake = SimpleNamespace(
+        **{name: getattr(lib, name) for name in dir(lib) if "psk" in name.lower()}
+    )
+    fake.Cryptography_HAS_PSK = 0
+    monkeypatch.setattr(SSL, "_lib", fake)
+    assert _psk._binding() is None
+
+
+def test_a_pyopenssl_without_its_connection_map_is_noticed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delattr(SSL.Connection, "_reverse_mapping")
+    assert _psk._binding() is None
+
+
+@pytest.mark.parametrize(
+    "build",
+    [
+        lambda: trio_dtlsmux.server_context(psk={b"a": KEY}),
+        lambda: trio_dtlsmux.client_context(psk=(b"a", KEY)),
+    ],
+    ids=["server", "client"],
+)
+def test_without_psk_support_the_builders_say_so(
+    monkeypatch: pytest.MonkeyPatch, build: Callable[[], SSL.Context]
+) -> None:
+    monkeypatch.setattr(_psk, "_BINDING", None)
+    with pytest.raises(NotImplementedError, match="lacks PSK support"):
+        build()
+
+
+def test_without_psk_support_certificate_contexts_still_work(
+    monkeypatch: pytest.MonkeyPatch, identity: SelfSigned
+) -> None:
+    monkeypatch.setattr(_psk, "_BINDING", None)
+    trio_dtlsmux.server_context(identity)
+    trio_dtlsmux.client_context(fingerprint=identity.fingerprint)
+
+
+def test_the_callback_lives_exactly_as_long_as_its_context() -> None:
+    server = psk_server()
+    client = psk_client()
+    helpers = [weakref.ref(_psk._KEPT[ctx]) for ctx in (server, client)]
+    gc.collect()
+    assert handshake(client, server).ok  # the callbacks survived a collection
+    del server, client
+    gc.collect()
+    assert [ref() for ref in helpers] == [None, None]
+
+
+# -- building contexts ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("psk", "error", "message"),
+    [
+        ({}, ValueError, "empty mapping"),
+        ({b"": KEY}, ValueError, "1 to 128 bytes"),
+        ({b"x" * 129: KEY}, ValueError, "1 to 128 bytes"),
+        ({b"a\0b": KEY}, ValueError, "NUL"),
+        ({"dev1": KEY}, TypeError, r"must be bytes, not str \(encode it"),
+        ({b"dev1": b""}, ValueError, "1 to 256 bytes long, not 0"),
+        ({b"dev1": b"k" * 257}, ValueError, "1 to 256 bytes long, not 257"),
+        ({b"dev1": KEY.hex()}, TypeError, r"not str \(use bytes.fromhex"),
+        ({b"dev1": None}, TypeError, "must be bytes, not NoneType"),
+        ([(b"dev1", KEY)], TypeError, "mapping of identity"),
+        (b"dev1", TypeError, "mapping of identity"),
+    ],
+)
+def test_server_psk_is_checked(psk: Any, error: type[Exception], message: str) -> None:
+    with pytest.raises(error, match=message):
+        trio_dtlsmux.server_context(psk=psk)
+
+
+def test_an_error_about_a_key_does_not_show_the_key() -> None:
+    with pytest.raises(ValueError) as caught:
+        trio_dtlsmux.server_context(psk={b"dev1": b"s3cret" * 50})
+    assert b"s3cret".decode() not in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("psk", "error", "message"),
+    [
+        ((b"dev1",), TypeError, "pair .* not a tuple of 1"),
+        ([b"dev1", KEY], TypeError, "pair .* not list"),
+        ((b"", KEY), ValueError, "psk identity b'' must be 1 to 128"),
+        (("dev1", KEY), TypeError, "psk identity must be bytes"),
+        ((b"dev1", b"k" * 257), ValueError, "psk key must be 1 to 256"),
+        ((b"dev1", KEY.hex()), TypeError, "psk key must be bytes"),
+    ],
+)
+def test_client_psk_is_checked(psk: Any, error: type[Exception], message: str) -> None:
+    with pytest.raises(error, match=message):
+        trio_dtlsmux.client_context(psk=psk)
+
+
+def test_the_longest_identity_and_key_work() -> None:
+    identity, key = b"i" * _psk.MAX_IDENTITY_LENGTH, b"k" * _psk.MAX_KEY_LENGTH
+    outcome = handshake(psk_client(identity, key), psk_server(psk={identity: key}))
+    assert outcome.ok
+    assert _psk.psk_identity(outcome.server) == identity
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        {"cafile": "ca.pem"},
+        {"cadata": b"x"},
+        {"capath": "."},
+        {"fingerprint": "00" * 32},
+        {"certfile": "cert.pem"},
+    ],
+)
+def test_a_psk_client_takes_no_certificate_arguments(extra: dict[str, Any]) -> None:
+    with pytest.raises(ValueError, match="psk authenticates the server by the key alone"):
+        trio_dtlsmux.client_context(psk=(b"dev1", KEY), **extra)
+
+
+def test_a_server_needs_a_certificate_or_a_psk() -> None:
+    with pytest.raises(TypeError, match="needs a certfile, a psk, or both"):
+        trio_dtlsmux.server_context()
+
+
+def test_certificate_options_without_a_certificate(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="keyfile and password need a certfile"):
+        trio_dtlsmux.server_context(psk={b"a": KEY}, keyfile=tmp_path / "key.pem")
+    with pytest.raises(ValueError, match="client_cafile needs a certfile"):
+        trio_dtlsmux.server_context(psk={b"a": KEY}, client_cafile=tmp_path / "ca.pem")
+
+
+@pytest.mark.parametrize(
+    ("hint", "error", "message"),
+    [
+        (b"", ValueError, "1 to 128"),
+        (b"h" * 129, ValueError, "1 to 128"),
+        (b"a\0", ValueError, "NUL"),
+        ("hint", TypeError, "psk_identity_hint must be bytes"),
+    ],
+)
+def test_the_hint_is_checked(hint: Any, error: type[Exception], message: str) -> None:
+    with pytest.raises(error, match=message):
+        trio_dtlsmux.server_context(psk={b"a": KEY}, psk_identity_hint=hint)
+
+
+def test_a_hint_needs_a_psk(identity: SelfSigned) -> None:
+    with pytest.raises(ValueError, match="psk_identity_hint has no use without psk"):
+        trio_dtlsmux.server_context(identity, psk_identity_hint=b"hint")
+
+
+def test_psk_ccm8_must_be_a_bool() -> None:
+    with pytest.raises(TypeError, match="psk_ccm8 must be a bool"):
+        trio_dtlsmux.server_context(psk={b"a": KEY}, psk_ccm8=1)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="psk_ccm8 must be a bool"):
+        trio_dtlsmux.client_context(psk=(b"a", KEY), psk_ccm8="no")  # type: ignore[arg-type]
+
+
+def test_ccm8_and_client_certificates_do_not_mix(
+    identity: SelfSigned, tmp_path: Path
+) -> None:
+    cert, _key = identity.write(tmp_path)
+    with pytest.raises(ValueError, match=r"security level 0.*weak client certificates"):
+        trio_dtlsmux.server_context(identity, psk={b"a": KEY}, client_cafile=cert)
+    # Without CCM_8 the context keeps OpenSSL's default level, so it may.
+    trio_dtlsmux.server_context(
+        identity, psk={b"a": KEY}, client_cafile=cert, psk_ccm8=False
+    )
+
+
+def test_psk_contexts_know_their_role() -> None:
+    client, server = psk_client(), psk_server()
+    trio_dtlsmux.contexts.check_context_role(client, "client", "connect()")
+    trio_dtlsmux.contexts.check_context_role(server, "server", "server_context=")
+    with pytest.raises(ValueError, match="client_context"):
+        trio_dtlsmux.contexts.check_context_role(server, "client", "connect()")
+    assert trio_dtlsmux.contexts.is_identity_checking(client)
+
+
+# -- suites ------------------------------------------------------------------------------
+
+
+def offered(ctx: SSL.Context) -> list[str]:
+    return SSL.Connection(ctx, None).get_cipher_list()
+
+
+@pytest.mark.parametrize("suite", SUITES)
+def test_each_suite_is_negotiated_when_the_client_offers_only_it(suite: str) -> None:
+    outcome = handshake(psk_client(ciphers=only(suite)), psk_server())
+    assert outcome.cipher == suite
+
+
+def test_the_server_prefers_forward_secrecy() -> None:
+    assert handshake(psk_client(), psk_server()).cipher == "ECDHE-PSK-CHACHA20-POLY1305"
+
+
+def test_only_aead_psk_suites_are_offered() -> None:
+    for ctx in (psk_client(), psk_server()):
+        suites = offered(ctx)
+        assert "PSK-AES128-CCM8" in suites
+        for name in suites:
+            if name.startswith("TLS_"):
+                continue  # TLS 1.3 suites, which DTLS 1.2 never uses
+            assert "PSK" in name, name
+            assert any(aead in name for aead in ("GCM", "CCM", "CHACHA20")), name
+
+
+def test_without_ccm8_the_suite_is_gone_and_a_ccm8_only_peer_fails() -> None:
+    server = psk_server(psk_ccm8=False)
+    assert "PSK-AES128-CCM8" not in offered(server)
+    assert "PSK-AES128-CCM8" not in offered(psk_client(psk_ccm8=False))
+    outcome = handshake(psk_client(ciphers=only("PSK-AES128-CCM8")), server)
+    assert not outcome.ok
+    assert "no shared cipher" in str(outcome.errors[1])
+    # Everything else still works.
+    assert handshake(psk_client(), server).cipher == "ECDHE-PSK-CHACHA20-POLY1305"
+
+
+def test_ccm8_needs_the_lower_security_level_on_this_openssl() -> None:
+    # Why the contexts lower it: without @SECLEVEL=0 this OpenSSL refuses
+    # CCM_8. If a future OpenSSL allows it again, this test says so and the
+    # comment in contexts can be revisited.
+    # (psk_ccm8=False leaves the context at the default level; naming the
+    # suite in the cipher list does not change the level.)
+    client = psk_client(ciphers="PSK-AES128-CCM8", psk_ccm8=False)
+    outcome = handshake(client, psk_server())
+    if outcome.ok:
+        pytest.skip("this OpenSSL allows CCM_8 at its default security level")
+    assert "no ciphers available" in str(outcome.errors[0])
+
+
+def test_a_mixed_server_serves_certificate_and_psk_clients(identity: SelfSigned) -> None:
+    server = psk_server(certfile=identity)
+    by_cert = handshake(
+        trio_dtlsmux.client_context(fingerprint=identity.fingerprint), server
+    )
+    assert by_cert.cipher is not None and "PSK" not in by_cert.cipher
+    assert _psk.psk_identity(by_cert.server) is None
+    assert by_cert.server.get_peer_certificate() is None
+    by_key = handshake(psk_client(), server)
+    assert by_key.cipher == "ECDHE-PSK-CHACHA20-POLY1305"
+    assert _psk.psk_identity(by_key.server) == b"dev1"
+
+
+def test_a_psk_client_refuses_a_certificate_only_server(identity: SelfSigned) -> None:
+    outcome = handshake(psk_client(), trio_dtlsmux.server_context(identity))
+    assert not outcome.ok
+    assert "no shared cipher" in str(outcome.errors[1])
+
+
+# -- the server's lookup ----------------------------------------------------------------
+
+
+def test_both_sides_record_the_identity() -> None:
+    outcome = handshake(psk_client(), psk_server())
+    assert outcome.ok
+    assert _psk.psk_identity(outcome.server) == b"dev1"
+    assert _psk.psk_identity(outcome.client) == b"dev1"
+
+
+def test_a_mapping_is_read_at_every_handshake() -> None:
+    keys = {b"dev1": KEY}
+    server = psk_server(psk=keys)
+    assert not handshake(psk_client(b"dev2", OTHER_KEY), server).ok
+    keys[b"dev2"] = OTHER_KEY
+    assert handshake(psk_client(b"dev2", OTHER_KEY), server).ok
+    del keys[b"dev1"]
+    assert not handshake(psk_client(), server).ok
+
+
+def test_a_callable_gets_the_identity_and_none_means_unknown() -> None:
+    asked: list[bytes] = []
+
+    def lookup(identity: bytes) -> bytes | None:
+        asked.append(identity)
+        return KEY if identity == b"dev1" else None
+
+    server = psk_server(psk=lookup)
+    assert handshake(psk_client(), server).ok
+    outcome = handshake(psk_client(b"stranger"), server)
+    assert not outcome.ok
+    assert "unknown psk identity" in str(outcome.errors[0])
+    assert "psk identity not found" in str(outcome.errors[1])
+    assert asked == [b"dev1", b"stranger"]
+
+
+def test_no_session_resumption_so_every_handshake_looks_the_key_up() -> None:
+    asked: list[bytes] = []
+
+    def lookup(identity: bytes) -> bytes:
+        asked.append(identity)
+        return KEY
+
+    server, client = psk_server(psk=lookup), psk_client()
+    session = handshake(client, server).client.get_session()
+    assert session is not None
+    # The client asks to resume; the server makes a full handshake instead,
+    # so the key is looked up (and the identity recorded) again.
+    again = handshake(client, server, session=session)
+    assert again.ok
+    assert asked == [b"dev1", b"dev1"]
+    assert _psk.psk_identity(again.server) == b"dev1"
+
+
+class Boom(Exception):
+    pass
+
+
+def raises(identity: bytes) -> bytes:
+    raise Boom("the key store is down")
+
+
+def exits(identity: bytes) -> bytes:
+    raise SystemExit(3)
+
+
+@pytest.mark.parametrize(
+    ("lookup", "logged"),
+    [
+        (raises, "the PSK lookup raised for identity b'dev1'"),
+        (lambda identity: KEY.hex(), "must be bytes, not str"),
+        (lambda identity: b"", "must be 1 to 256 bytes long, not 0"),
+        (lambda identity: b"k" * 600, "must be 1 to 256 bytes long, not 600"),
+        (exits, "a PSK callback failed"),
+    ],
+    ids=["raises", "str", "empty", "too-long", "SystemExit"],
+)
+def test_a_lookup_that_misbehaves_fails_the_handshake_cleanly(
+    lookup: Callable[[bytes], Any], logged: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    server = psk_server(psk=lookup)
+    with caplog.at_level(logging.ERROR, logger="trio_dtlsmux.psk"):
+        outcome = handshake(psk_client(), server)
+    assert not outcome.ok
+    # The client hears of an unknown identity; nothing of the server's
+    # trouble leaks to it.
+    assert "unknown psk identity" in str(outcome.errors[0])
+    assert logged in caplog.text
+    assert "k" * 600 not in caplog.text and KEY.hex() not in caplog.text
+    # The same context goes on working for a well-behaved lookup.
+    assert handshake(psk_client(), psk_server()).ok
+
+
