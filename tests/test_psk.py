@@ -18,15 +18,24 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
+import trio
+import trio.testing
 from OpenSSL import SSL
 
 import trio_dtlsmux
 from trio_dtlsmux import (
+    DtlsEndpoint,
+    HandshakeError,
+    HandshakeFailure,
+    HandshakeTimeout,
     SelfSigned,
     _psk,
 )
+from trio_dtlsmux._association import State
+from trio_dtlsmux.testing import FakeNetwork
 
 from .conftest import drain_bio
+from .test_association import Pair
 
 KEY = bytes.fromhex("00112233445566778899aabbccddeeff")
 OTHER_KEY = bytes(16)
@@ -470,5 +479,172 @@ def test_a_lookup_that_misbehaves_fails_the_handshake_cleanly(
     assert "k" * 600 not in caplog.text and KEY.hex() not in caplog.text
     # The same context goes on working for a well-behaved lookup.
     assert handshake(psk_client(), psk_server()).ok
+
+
+# -- through the endpoint -------------------------------------------------------------
+
+
+async def fake_pair(net: FakeNetwork) -> tuple[Any, Any]:
+    server_sock = net.socket()
+    await server_sock.bind(("10.0.0.1", 5684))
+    client_sock = net.socket()
+    await client_sock.bind(("10.0.0.2", 0))
+    return server_sock, client_sock
+
+
+async def echo(conn: trio_dtlsmux.DtlsConnection) -> None:
+    async for message in conn:
+        await conn.send(message)
+
+
+async def test_psk_identity_on_both_connections(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    net = FakeNetwork(seed=1)
+    server_sock, client_sock = await fake_pair(net)
+    seen: list[tuple[bytes | None, str | None]] = []
+
+    async def handler(conn: trio_dtlsmux.DtlsConnection) -> None:
+        seen.append((conn.psk_identity, conn.cipher))
+        await echo(conn)
+
+    with trio.fail_after(60):
+        async with DtlsEndpoint(server_sock, server_context=psk_server()) as server:
+            async with trio.open_nursery() as nursery:
+                await nursery.start(server.serve, handler)
+                async with DtlsEndpoint(client_sock) as client:
+                    conn = await client.connect(("10.0.0.1", 5684), psk_client())
+                    assert conn.psk_identity == b"dev1"
+                    assert conn.peer_certificate is None
+                    await conn.send(b"ping")
+                    assert await conn.receive() == b"ping"
+                nursery.cancel_scope.cancel()
+    assert seen == [(b"dev1", "ECDHE-PSK-CHACHA20-POLY1305")]
+
+
+async def test_a_certificate_connection_has_no_psk_identity(
+    autojump_clock: trio.testing.MockClock, identity: SelfSigned
+) -> None:
+    net = FakeNetwork(seed=2)
+    server_sock, client_sock = await fake_pair(net)
+    with trio.fail_after(60):
+        async with DtlsEndpoint(
+            server_sock, server_context=psk_server(certfile=identity)
+        ) as server:
+            async with trio.open_nursery() as nursery:
+                await nursery.start(server.serve, echo)
+                async with DtlsEndpoint(client_sock) as client:
+                    ctx = trio_dtlsmux.client_context(fingerprint=identity.fingerprint)
+                    conn = await client.connect(
+                        ("10.0.0.1", 5684), ctx, server_hostname=False
+                    )
+                    assert conn.psk_identity is None
+                    assert conn.peer_certificate is not None
+                nursery.cancel_scope.cancel()
+
+
+async def failed_connect(
+    server_ctx: SSL.Context, client_ctx: SSL.Context, seed: int = 3
+) -> tuple[HandshakeError, dict[str, int], list[bytes]]:
+    """Connect once (it must fail), then once with a good client; returns the
+    first's error, the server's failure counts and what the good one heard."""
+    net = FakeNetwork(seed=seed)
+    server_sock, client_sock = await fake_pair(net)
+    with trio.fail_after(300):
+        async with DtlsEndpoint(server_sock, server_context=server_ctx) as server:
+            async with trio.open_nursery() as nursery:
+                await nursery.start(server.serve, echo)
+                async with DtlsEndpoint(client_sock) as client:
+                    with pytest.raises(HandshakeError) as caught:
+                        await client.connect(("10.0.0.1", 5684), client_ctx)
+                    await trio.sleep(1)  # let the server count its side
+                    failed = dict(server.statistics().handshakes_failed)
+                    # The endpoint is unharmed: the next client gets through.
+                    conn = await client.connect(
+                        ("10.0.0.1", 5684), psk_client(b"good", KEY)
+                    )
+                    await conn.send(b"still here")
+                    heard = [await conn.receive()]
+                nursery.cancel_scope.cancel()
+    return caught.value, failed, heard
+
+
+def keys_with_good(lookup: Callable[[bytes], bytes | None]) -> Callable[[bytes], bytes | None]:
+    return lambda identity: KEY if identity == b"good" else lookup(identity)
+
+
+async def test_an_unknown_identity_is_a_readable_alert(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    error, failed, heard = await failed_connect(
+        psk_server(psk={b"dev1": KEY, b"good": KEY}), psk_client(b"stranger")
+    )
+    assert error.kind is HandshakeFailure.ALERT
+    assert error.alert == "unknown psk identity"
+    assert error.reason == "peer sent fatal alert: unknown psk identity"
+    assert failed == {"protocol": 1}
+    assert heard == [b"still here"]
+
+
+async def test_a_wrong_key_times_out_and_says_what_it_looks_like(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    error, failed, heard = await failed_connect(
+        psk_server(psk={b"dev1": KEY, b"good": KEY}), psk_client(b"dev1", OTHER_KEY)
+    )
+    # DTLS drops the Finished that does not decrypt, so nobody sends an
+    # alert; the reason says what the silence most likely means.
+    assert isinstance(error, HandshakeTimeout)
+    assert "did not refuse our PSK identity b'dev1'" in error.reason
+    assert "what a wrong key looks like" in error.reason
+    assert failed == {"timeout": 1}
+    assert heard == [b"still here"]
+
+
+def test_a_wrong_key_stalls_both_sides_and_both_reasons_say_why() -> None:
+    pair = Pair(psk_server(), psk_client(b"dev1", OTHER_KEY))
+    pair.deliver()
+    assert pair.client.state is pair.server.state is State.HANDSHAKING
+    while pair.client.live or pair.server.live:
+        pair.fire_timers()
+        pair.deliver()
+    assert pair.client.state is pair.server.state is State.FAILED
+    assert isinstance(pair.client.error, HandshakeTimeout)
+    assert isinstance(pair.server.error, HandshakeTimeout)
+    assert "did not refuse our PSK identity b'dev1'" in pair.client.error.reason
+    assert "client's PSK identity b'dev1' is known here" in pair.server.error.reason
+
+
+def test_the_session_info_holds_the_identity() -> None:
+    pair = Pair(psk_server(), psk_client())
+    pair.deliver()
+    assert pair.server.session_info["psk_identity"] == b"dev1"
+    assert pair.client.session_info["psk_identity"] == b"dev1"
+    assert pair.server.session_info["cipher"] == "ECDHE-PSK-CHACHA20-POLY1305"
+
+
+def test_a_timeout_before_any_key_says_nothing_of_keys() -> None:
+    pair = Pair(psk_server(), psk_client())
+    # Nothing is delivered: the server's answer never reaches the client.
+    pair.to_client.clear()
+    while pair.client.live:
+        pair.fire_timers()
+        pair.to_client.clear()
+        pair.to_server.clear()
+    assert isinstance(pair.client.error, HandshakeTimeout)
+    assert "PSK" not in pair.client.error.reason
+
+
+async def test_a_lookup_that_raises_is_a_counted_failure_not_a_crash(
+    autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.ERROR, logger="trio_dtlsmux.psk"):
+        error, failed, heard = await failed_connect(
+            psk_server(psk=keys_with_good(raises)), psk_client()
+        )
+    assert error.alert == "unknown psk identity"
+    assert failed == {"protocol": 1}
+    assert heard == [b"still here"]
+    assert "Boom: the key store is down" in caplog.text
 
 
