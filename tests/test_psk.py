@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import gc
 import logging
+import shutil
+import subprocess
 import weakref
 from collections.abc import Callable
 from pathlib import Path
@@ -34,8 +36,9 @@ from trio_dtlsmux import (
 from trio_dtlsmux._association import State
 from trio_dtlsmux.testing import FakeNetwork
 
-from .conftest import drain_bio
+from .conftest import drain_bio, udp_socket
 from .test_association import Pair
+from .test_interop import free_udp_port, read_until
 
 KEY = bytes.fromhex("00112233445566778899aabbccddeeff")
 OTHER_KEY = bytes(16)
@@ -646,5 +649,222 @@ async def test_a_lookup_that_raises_is_a_counted_failure_not_a_crash(
     assert failed == {"protocol": 1}
     assert heard == [b"still here"]
     assert "Boom: the key store is down" in caplog.text
+
+
+# -- interop: clients we did not write ------------------------------------------------
+
+GNUTLS_CLI = shutil.which("gnutls-cli")
+GNUTLS_SERV = shutil.which("gnutls-serv")
+OPENSSL = shutil.which("openssl")
+COAP_CLIENTS = [
+    pytest.param(
+        name,
+        marks=pytest.mark.skipif(
+            shutil.which(name) is None, reason=f"no {name} (apt-get install libcoap3-bin)"
+        ),
+    )
+    for name in ("coap-client-openssl", "coap-client-gnutls")
+]
+needs_gnutls_cli = pytest.mark.skipif(
+    GNUTLS_CLI is None, reason="no gnutls-cli (apt-get install gnutls-bin)"
+)
+needs_gnutls_serv = pytest.mark.skipif(
+    GNUTLS_SERV is None, reason="no gnutls-serv (apt-get install gnutls-bin)"
+)
+needs_openssl = pytest.mark.skipif(OPENSSL is None, reason="no openssl command line")
+
+# GnuTLS names for the suites: key exchange and cipher in its priority
+# syntax, and how gnutls-cli describes the session. ECDHE-PSK is missing:
+# gnutls-cli 3.7.9 crashes (SIGSEGV) right after an ECDHE-PSK DTLS
+# handshake, against openssl s_server as much as against us; s_client
+# covers that suite, and our client meets gnutls-serv with it.
+GNUTLS_SUITES = {
+    "PSK-AES128-CCM8": ("PSK", "AES-128-CCM-8", "(PSK)-(AES-128-CCM-8)"),
+    "PSK-AES128-GCM-SHA256": ("PSK", "AES-128-GCM", "(PSK)-(AES-128-GCM)"),
+}
+GNUTLS_DTLS12 = "NORMAL:-VERS-ALL:+VERS-DTLS1.2"
+
+
+async def serving_psk(
+    task_status: trio.TaskStatus[tuple[DtlsEndpoint, int, list[Any]]],
+) -> None:
+    """A PSK echo server on loopback; reports (endpoint, port, connections)."""
+    sock = await udp_socket()
+    seen: list[Any] = []
+
+    async def handler(conn: trio_dtlsmux.DtlsConnection) -> None:
+        seen.append(conn)
+        async for message in conn:
+            await conn.send(b"echo:" + message)
+
+    ctx = psk_server(psk_identity_hint=b"trio-hint")
+    async with DtlsEndpoint(sock, server_context=ctx) as server:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(server.serve, handler)
+            task_status.started((server, sock.getsockname()[1], seen))
+
+
+async def run_client(argv: list[str], line: bytes, expect: bytes) -> bytes:
+    """Start a command-line client, send ``line``, read until ``expect``,
+    close its input and wait for it; returns everything it printed."""
+    proc = await trio.lowlevel.open_process(
+        argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    )
+    assert proc.stdin is not None and proc.stdout is not None
+    try:
+        await proc.stdin.send_all(line)
+        seen = await read_until(proc.stdout, expect)
+        await proc.stdin.aclose()
+        with trio.move_on_after(10):
+            while chunk := await proc.stdout.receive_some(4096):
+                seen += chunk
+            await proc.wait()
+        return seen
+    finally:
+        proc.kill()
+        await proc.wait()
+
+
+@pytest.mark.interop
+@needs_gnutls_cli
+@pytest.mark.parametrize("suite", sorted(GNUTLS_SUITES))
+async def test_gnutls_cli_talks_to_our_psk_server(suite: str) -> None:
+    kx, cipher, described = GNUTLS_SUITES[suite]
+    priority = f"{GNUTLS_DTLS12}:-KX-ALL:+{kx}:-CIPHER-ALL:+{cipher}:-MAC-ALL:+AEAD"
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            _server, port, seen = await nursery.start(serving_psk)
+            assert GNUTLS_CLI is not None
+            out = await run_client(
+                [GNUTLS_CLI, "-u", "--priority", priority, "--pskusername", "dev1",
+                 "--pskkey", KEY_HEX, "-p", str(port), "127.0.0.1"],
+                b"hello gnutls\n",
+                b"echo:hello gnutls\n",
+            )
+            nursery.cancel_scope.cancel()
+    assert described.encode() in out
+    assert b"PSK hint 'trio-hint'" in out
+    assert [(c.psk_identity, c.cipher) for c in seen] == [(b"dev1", suite)]
+
+
+@pytest.mark.interop
+@needs_openssl
+@pytest.mark.parametrize("suite", SUITES)
+async def test_openssl_s_client_talks_to_our_psk_server(suite: str) -> None:
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            _server, port, seen = await nursery.start(serving_psk)
+            assert OPENSSL is not None
+            out = await run_client(
+                [OPENSSL, "s_client", "-dtls1_2", "-connect", f"127.0.0.1:{port}",
+                 "-psk", KEY_HEX, "-psk_identity", "dev1", "-cipher", only(suite),
+                 "-no_ign_eof"],
+                b"hello s_client\n",
+                b"echo:hello s_client\n",
+            )
+            nursery.cancel_scope.cancel()
+    assert f"Cipher is {suite}".encode() in out
+    assert b"PSK identity hint: trio-hint" in out
+    assert [(c.psk_identity, c.cipher) for c in seen] == [(b"dev1", suite)]
+
+
+@pytest.mark.interop
+@needs_openssl
+async def test_openssl_s_client_with_an_unknown_identity_is_counted() -> None:
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            server, port, seen = await nursery.start(serving_psk)
+            assert OPENSSL is not None
+            result = await trio.run_process(
+                [OPENSSL, "s_client", "-dtls1_2", "-connect", f"127.0.0.1:{port}",
+                 "-psk", KEY_HEX, "-psk_identity", "stranger"],
+                stdin=subprocess.DEVNULL, capture_stdout=True, capture_stderr=True,
+                check=False,
+            )
+            # s_client has exited on the alert, which the server sent after
+            # counting the failure.
+            failed = dict(server.statistics().handshakes_failed)
+            nursery.cancel_scope.cancel()
+    assert b"alert unknown psk identity" in result.stderr
+    assert failed == {"protocol": 1}
+    assert seen == []
+
+
+# -- interop: servers we did not write --------------------------------------------------
+
+
+async def start_server(argv: list[str], ready: bytes) -> trio.Process:
+    proc = await trio.lowlevel.open_process(
+        argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    )
+    assert proc.stdout is not None
+    await read_until(proc.stdout, ready)
+    return proc
+
+
+@pytest.mark.interop
+@needs_openssl
+@pytest.mark.parametrize("suite", SUITES)
+async def test_our_psk_client_talks_to_openssl_s_server(suite: str) -> None:
+    port = free_udp_port()
+    assert OPENSSL is not None
+    proc = await start_server(
+        [OPENSSL, "s_server", "-dtls1_2", "-accept", f"127.0.0.1:{port}", "-nocert",
+         "-psk", KEY_HEX, "-psk_identity", "dev1", "-cipher", only(suite),
+         "-naccept", "1"],
+        b"ACCEPT",
+    )
+    assert proc.stdin is not None and proc.stdout is not None
+    try:
+        with trio.fail_after(20):
+            async with DtlsEndpoint(await udp_socket()) as client:
+                conn = await client.connect(("127.0.0.1", port), psk_client())
+                assert (conn.psk_identity, conn.cipher) == (b"dev1", suite)
+                await conn.send(b"hello s_server\n")
+                await read_until(proc.stdout, b"hello s_server\n")
+                await proc.stdin.send_all(b"hello psk client\n")
+                assert await conn.receive() == b"hello psk client\n"
+                await conn.aclose()
+                await proc.wait()
+    finally:
+        proc.kill()
+        await proc.wait()
+
+
+@pytest.mark.interop
+@needs_gnutls_serv
+@pytest.mark.parametrize(
+    ("ciphers", "suite"),
+    [
+        (None, "ECDHE-PSK-CHACHA20-POLY1305"),
+        (only("PSK-AES128-GCM-SHA256"), "PSK-AES128-GCM-SHA256"),
+        (only("PSK-AES128-CCM8"), "PSK-AES128-CCM8"),
+    ],
+    ids=["default", "gcm", "ccm8"],
+)
+async def test_our_psk_client_talks_to_gnutls_serv(
+    ciphers: str | None, suite: str, tmp_path: Path
+) -> None:
+    passwd = tmp_path / "psk.passwd"
+    passwd.write_text(f"dev1:{KEY_HEX}\n")
+    port = free_udp_port()
+    assert GNUTLS_SERV is not None
+    proc = await start_server(
+        [GNUTLS_SERV, "-u", "--echo", "--pskpasswd", str(passwd), "--priority",
+         f"{GNUTLS_DTLS12}:+PSK:+ECDHE-PSK:+AES-128-CCM-8", "-p", str(port)],
+        b"listening on IPv4",
+    )
+    try:
+        with trio.fail_after(20):
+            async with DtlsEndpoint(await udp_socket()) as client:
+                conn = await client.connect(
+                    ("127.0.0.1", port), psk_client(ciphers=ciphers)
+                )
+                assert (conn.psk_identity, conn.cipher) == (b"dev1", suite)
+                await conn.send(b"hello gnutls-serv\n")
+                assert await conn.receive() == b"hello gnutls-serv\n"
+    finally:
+        proc.kill()
+        await proc.wait()
 
 
