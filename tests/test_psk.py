@@ -211,6 +211,7 @@ def test_the_callback_lives_exactly_as_long_as_its_context() -> None:
         ({b"dev1": None}, TypeError, "must be bytes, not NoneType"),
         ([(b"dev1", KEY)], TypeError, "mapping of identity"),
         (b"dev1", TypeError, "mapping of identity"),
+        ((b"dev1", KEY), TypeError, "pair is what client_context takes"),
     ],
 )
 def test_server_psk_is_checked(psk: Any, error: type[Exception], message: str) -> None:

@@ -207,9 +207,15 @@ def check_server_psk(psk: object) -> PskKeys:
         return psk
     if callable(psk):
         return psk
+    hint = (
+        "; an (identity, key) pair is what client_context takes"
+        if isinstance(psk, tuple)
+        else ""
+    )
     raise TypeError(
         "psk must be a mapping of identity (bytes) to key (bytes), or a callable "
-        f"taking an identity and returning its key or None, not {type(psk).__name__}"
+        f"taking an identity and returning its key or None, not "
+        f"{type(psk).__name__}{hint}"
     )
 
 
