@@ -143,6 +143,7 @@ TESTED = {
     "howto_keylog",
     "howto_testing",
     "howto_nat",
+    "coaps_server",  # run in test_psk.py, on FakeNetwork and with libcoap's client
 }
 
 

@@ -26,6 +26,7 @@ CORE = {
     "_events",
     "_reassembly",
     "_sessions",
+    "_psk",
     "_recordio",
     "_records",
     "_statistics",

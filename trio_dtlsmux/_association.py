@@ -88,6 +88,7 @@ from ._events import (
     MessageReceived,
     PeerEnded,
 )
+from ._psk import psk_identity, timeout_note
 from ._recordio import RecordIO, record_io
 from ._sessions import keep_resumable, session_reused
 from ._statistics import ConnectionCounters
@@ -412,6 +413,7 @@ class Association:
             "peer_certificate": leaf,
             "peer_certificate_chain": chain,
             "server_hostname": name,
+            "psk_identity": psk_identity(ssl),
         }
 
     def _fail(
@@ -466,7 +468,8 @@ class Association:
             self._fail(
                 HandshakeFailure.TIMEOUT,
                 f"handshake with {self.address!r} did not finish within "
-                f"{self.config.handshake_timeout} s",
+                f"{self.config.handshake_timeout} s"
+                + timeout_note(self._ssl, server=self.role is Role.SERVER),
             )
             return self._output([])
         if now < self._retransmit_at:

@@ -288,6 +288,18 @@ class DtlsConnection(trio.abc.Channel[bytes], metaclass=NoPublicConstructor):
         no certificate, no key exchange), on either role."""
         return self._association.session_reused
 
+    @property
+    def psk_identity(self) -> bytes | None:
+        """The pre-shared key identity the handshake used, or ``None`` if it
+        used a certificate suite.
+
+        Server role: the identity the client sent, whose key it proved it
+        has; this is how a server that serves many devices tells them apart
+        (see :doc:`/howto/coaps`). Client role: the identity we sent.
+        """
+        value = self._session().get("psk_identity")
+        return value if isinstance(value, bytes) else None
+
     def export_keying_material(
         self, label: bytes, length: int, context: bytes | None = None
     ) -> bytes:
