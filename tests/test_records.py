@@ -210,3 +210,19 @@ def test_the_cookie_input_leaves_out_the_session_id() -> None:
     assert first.random == second.random
     # The rest of the offer is still bound.
     assert first.cookie_input != rec.parse_client_hello_untrusted(HELLO[:-1] + b"\x01").cookie_input
+
+
+def test_flight_helpers_agree_with_the_parsers() -> None:
+    fragments = [
+        rec.encode_handshake_fragment(rec.HS_CLIENT_HELLO, 5, 7, 0, b"abc"),
+        rec.encode_handshake_fragment(rec.HS_CLIENT_HELLO, 5, 7, 3, b"de"),
+        rec.encode_handshake_fragment(11, 0, 8, 0, b""),
+    ]
+    record = rec.encode_record(rec.HANDSHAKE, rec.DTLS1_2_VERSION, 0, 3, b"".join(fragments))
+    parsed = rec.parse_handshake_fragments_untrusted(rec.parse_records_untrusted(record)[0].payload)
+    assert rec.handshake_message_seqs(record) == [f.message_seq for f in parsed] == [7, 7, 8]
+    renumbered = rec.renumber_record(record, (1 << 48) - 1)
+    [again] = rec.parse_records_untrusted(renumbered)
+    assert (again.seq, again.epoch, again.payload) == ((1 << 48) - 1, 0, b"".join(fragments))
+    with pytest.raises(ValueError, match="48 bits"):
+        rec.renumber_record(record, 1 << 48)

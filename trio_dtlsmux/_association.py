@@ -182,7 +182,7 @@ class Association:
 
         self._epoch0_seq = first_record_seq
         self._max_msg_seq = -1
-        self._flight: list[rec.Record] = []
+        self._flight: list[rec.RawRecord] = []
         self._flight_has_ccs = False
         self._rto = config.initial_retransmit_timeout
         self._retransmit_at = math.inf
@@ -491,7 +491,7 @@ class Association:
             return self._output(self._pack(records, count=True))
         return self._output(self._pack(self._flight, count=True))
 
-    def _send_output(self, records: list[rec.Record], now: float) -> list[bytes]:
+    def _send_output(self, records: list[rec.RawRecord], now: float) -> list[bytes]:
         """Classify OpenSSL's output as a new flight or a retransmission.
 
         One output can hold both: when OpenSSL's wall-clock timer has expired
@@ -503,34 +503,26 @@ class Association:
         previous_max = self._max_msg_seq
         has_handshake = False
         has_ccs = False
-        for index, record in enumerate(records):
-            if record.content_type == rec.HANDSHAKE:
+        for index, (content_type, epoch, raw) in enumerate(records):
+            if content_type == rec.HANDSHAKE:
                 has_handshake = True
-                if record.epoch != 0:
+                if epoch != 0:
                     continue
-                try:
-                    fragments = rec.parse_handshake_fragments_untrusted(record.payload)
-                except rec.BadPacket:  # pragma: no cover - OpenSSL's own output
-                    continue
-                for fragment in fragments:
-                    if fragment.message_seq > previous_max:
-                        self._max_msg_seq = max(self._max_msg_seq, fragment.message_seq)
+                for message_seq in rec.handshake_message_seqs(raw):
+                    if message_seq > previous_max:
+                        self._max_msg_seq = max(self._max_msg_seq, message_seq)
                         if start is None:
                             start = index
-            elif record.content_type == rec.CHANGE_CIPHER_SPEC:
+            elif content_type == rec.CHANGE_CIPHER_SPEC:
                 has_ccs = True
                 if not self._flight_has_ccs and start is None:
                     start = index
         if start is not None:
             records = records[start:]
             self._flight = [
-                r
-                for r in records
-                if r.content_type in (rec.HANDSHAKE, rec.CHANGE_CIPHER_SPEC)
+                r for r in records if r[0] in (rec.HANDSHAKE, rec.CHANGE_CIPHER_SPEC)
             ]
-            self._flight_has_ccs = any(
-                r.content_type == rec.CHANGE_CIPHER_SPEC for r in records
-            )
+            self._flight_has_ccs = any(r[0] == rec.CHANGE_CIPHER_SPEC for r in records)
             self._rto = self.config.initial_retransmit_timeout
             self._retransmit_at = now + self._rto
             self._events.append(DeadlineChanged(self))
@@ -559,26 +551,33 @@ class Association:
                 break  # a short read means the BIO is empty
         return b"".join(chunks)
 
-    def _drain(self) -> list[rec.Record]:
+    def _drain(self) -> list[rec.RawRecord]:
+        """OpenSSL's output, split into records (no objects built: this is
+        every handshake's path)."""
         data = self._drain_bytes()
         if not data:
             return []
         try:
-            return rec.parse_records_untrusted(data)
+            return rec.split_datagram_untrusted(data)
         except rec.BadPacket:  # pragma: no cover - OpenSSL's own output
             return []
 
-    def _pack(self, records: list[rec.Record], *, count: bool) -> list[bytes]:
+    def _pack(self, records: list[rec.RawRecord], *, count: bool) -> list[bytes]:
+        """Records into datagrams of at most ``mtu``; plaintext (epoch 0)
+        records get our own sequence numbers (see the module's notes)."""
         mtu = self.config.mtu
         encoded = []
-        for record in records:
-            pieces = (
-                rec.split_handshake_record(record, mtu)
-                if record.epoch == 0 and len(record.payload) + rec.RECORD_HEADER_SIZE > mtu
-                else [record]
-            )
-            for piece in pieces:
-                if piece.epoch == 0:
+        for _content_type, epoch, raw in records:
+            if epoch != 0:
+                encoded.append(raw)
+            elif len(raw) <= mtu:
+                encoded.append(rec.renumber_record(raw, self._epoch0_seq))
+                self._epoch0_seq += 1
+            else:
+                # OpenSSL keeps to the MTU it is given; this is the safety
+                # net for a record that would not fit a datagram.
+                [record] = rec.parse_records_untrusted(raw)
+                for piece in rec.split_handshake_record(record, mtu):
                     encoded.append(
                         rec.encode_record(
                             piece.content_type,
@@ -589,8 +588,6 @@ class Association:
                         )
                     )
                     self._epoch0_seq += 1
-                else:
-                    encoded.append(piece.encode())
         datagrams = rec.pack_datagrams(encoded, mtu)
         if count:
             counters = self.counters
@@ -811,9 +808,9 @@ class Association:
         # that is only a safety net). The message travels in a datagram of
         # its own, so that a peer (or a middlebox) that expects application
         # data alone in a datagram gets it that way.
-        records = rec.parse_records_untrusted(record + self._drain_bytes())
-        messages = [r for r in records if r.content_type == rec.APPLICATION_DATA]
-        others = [r for r in records if r.content_type != rec.APPLICATION_DATA]
+        records = rec.split_datagram_untrusted(record + self._drain_bytes())
+        messages = [r for r in records if r[0] == rec.APPLICATION_DATA]
+        others = [r for r in records if r[0] != rec.APPLICATION_DATA]
         out = self._pack(others, count=True)
         for message in messages:
             out += self._pack([message], count=True)

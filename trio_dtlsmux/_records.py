@@ -224,6 +224,32 @@ def split_datagram_untrusted(data: bytes) -> list[tuple[int, int, bytes]]:
     return records
 
 
+#: One record as the flight code handles it: (content type, epoch, the
+#: record's bytes, header included).
+RawRecord = tuple[int, int, bytes]
+
+
+def handshake_message_seqs(record: bytes) -> list[int]:
+    """The ``message_seq`` of every fragment in a plaintext handshake record
+    (header included), without building anything else. For OpenSSL's own
+    output; a record that does not parse stops the list where it breaks."""
+    seqs = []
+    offset = RECORD_HEADER_SIZE
+    end = len(record)
+    while offset + HANDSHAKE_HEADER_SIZE <= end:
+        seqs.append(_unpack_length(record, offset + 4)[0])
+        length = int.from_bytes(record[offset + 9 : offset + 12], "big")
+        offset += HANDSHAKE_HEADER_SIZE + length
+    return seqs
+
+
+def renumber_record(record: bytes, seq: int) -> bytes:
+    """``record`` (header included) with the sequence number ``seq``."""
+    if not 0 <= seq <= _MAX_SEQ:
+        raise ValueError(f"record sequence number {seq} does not fit in 48 bits")
+    return record[:5] + seq.to_bytes(6, "big") + record[11:]
+
+
 def parse_records_untrusted(data: bytes) -> list[Record]:
     """All records of a datagram, or :class:`BadPacket` if any is malformed."""
     return list(iter_records_untrusted(data))
