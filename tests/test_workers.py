@@ -654,32 +654,24 @@ needs_nginx = pytest.mark.skipif(
     "(apt-get install nginx libnginx-mod-stream)",
 )
 
-#: The tested configuration, shown in docs/howto/deploy.rst.
-NGINX_CONF = """\
-{load_module}
-worker_processes 1;
-pid {prefix}/nginx.pid;
-error_log stderr notice;
-events {{
-    worker_connections 1024;
-}}
-stream {{
-    upstream dtls_backends {{
-        # Pin each client to one backend. In production this is
-        # "hash $remote_addr consistent;"; here every client is 127.0.0.1,
-        # so the source port is part of the key too.
-        hash $remote_addr$remote_port consistent;
-        server 127.0.0.1:{first};
-        server 127.0.0.1:{second};
-    }}
-    server {{
-        listen 127.0.0.1:{port} udp reuseport;
-        proxy_pass dtls_backends;
-        # At least the backends' idle timeout; no proxy_responses limit.
-        proxy_timeout {proxy_timeout}s;
-    }}
-}}
-"""
+#: The configuration shown in docs/howto/deploy.rst, run here as it is
+#: written but for its ports, the module's path, and a pid file and error log
+#: of the test's own.
+NGINX_CONF = Path(__file__).resolve().parent.parent / "docs/examples/nginx-dtls.conf"
+
+
+def nginx_config(prefix: Path, port: int, backends: list[int]) -> str:
+    assert STREAM_MODULE is not None
+    text = NGINX_CONF.read_text()
+    for old, new in (
+        ("load_module /usr/lib/nginx/modules/ngx_stream_module.so;", STREAM_MODULE),
+        ("listen 127.0.0.1:4433 ", f"listen 127.0.0.1:{port} "),
+        ("server 127.0.0.1:4434;", f"server 127.0.0.1:{backends[0]};"),
+        ("server 127.0.0.1:4435;", f"server 127.0.0.1:{backends[1]};"),
+    ):
+        assert text.count(old) == 1, old
+        text = text.replace(old, new)
+    return f"pid {prefix}/nginx.pid;\nerror_log stderr notice;\n" + text
 
 
 def certificate_fingerprint(cert: Path) -> bytes:
@@ -696,21 +688,12 @@ def free_udp_port() -> int:
 
 
 @contextlib.asynccontextmanager
-async def nginx(prefix: Path, backends: list[int], idle_timeout: float) -> AsyncIterator[int]:
+async def nginx(prefix: Path, backends: list[int]) -> AsyncIterator[int]:
     """nginx in the foreground with its own config, prefix and pid file."""
-    assert NGINX is not None and STREAM_MODULE is not None
+    assert NGINX is not None
     port = free_udp_port()
     conf = prefix / "nginx.conf"
-    conf.write_text(
-        NGINX_CONF.format(
-            load_module=STREAM_MODULE,
-            prefix=prefix,
-            first=backends[0],
-            second=backends[1],
-            port=port,
-            proxy_timeout=int(idle_timeout * 2),
-        )
-    )
+    conf.write_text(nginx_config(prefix, port, backends))
     proc = await trio.lowlevel.open_process(
         [NGINX, "-p", str(prefix), "-c", str(conf), "-e", "stderr", "-g", "daemon off;"],
         stdin=subprocess.DEVNULL,
@@ -760,7 +743,7 @@ async def test_nginx_pins_clients_and_moves_only_a_dead_backends_peers(
     async with (
         serve("--cert", str(identities[0][0]), "--key", str(identities[0][1]), *common) as first,
         serve("--cert", str(identities[1][0]), "--key", str(identities[1][1]), *common) as second,
-        nginx(tmp_path, [first.port, second.port], idle_timeout) as port,
+        nginx(tmp_path, [first.port, second.port]) as port,
         clients(100, ("127.0.0.1", port), context) as peers,
     ):
         on = {index: [c for c in peers if backend_of(c) == index] for index in (0, 1)}
