@@ -563,24 +563,34 @@ def serve_workers(
     prepare_server_context(server_context)
 
     sockets = _bind_all(address, workers)
-    bound = sockets[0].getsockname()
-    supervisor = _Supervisor(
-        sockets,
-        (handler, server_context, keys, dict(options), worker_task),
-        float(shutdown_timeout),
-    )
+    try:
+        supervisor = _Supervisor(
+            sockets,
+            (handler, server_context, keys, dict(options), worker_task),
+            float(shutdown_timeout),
+        )
+        try:
+            _supervise(supervisor, started, sockets[0].getsockname())
+        finally:
+            supervisor.close()
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+def _supervise(
+    supervisor: _Supervisor, started: Started | None, address: tuple[Any, ...]
+) -> None:
+    """Run the supervisor with its signal handling in place, then undo it."""
     previous = {signum: signal.getsignal(signum) for signum in _HANDLED}
     old_wakeup = signal.set_wakeup_fd(supervisor.wakeup[1], warn_on_full_buffer=False)
     try:
         for signum in _HANDLED:
             signal.signal(signum, _note_signal)
-        supervisor.run(started, bound)
+        supervisor.run(started, address)
     finally:
         signal.set_wakeup_fd(old_wakeup)
         for signum, handler_before in previous.items():
             with contextlib.suppress(OSError, ValueError, TypeError):
                 signal.signal(signum, handler_before)
-        supervisor.close()
-        for sock in sockets:
-            sock.close()
 
