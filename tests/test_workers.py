@@ -476,6 +476,37 @@ async def test_a_killed_worker_is_restarted_and_only_its_peers_notice(
 
 
 @linux_only
+async def test_sigterm_to_one_worker_closes_its_peers_and_replaces_it(
+    identity_file: tuple[str, str, str],
+) -> None:
+    """A rolling restart, one worker at a time: its peers get close_notify,
+    the other worker's peers carry on."""
+    cert, key, fingerprint = identity_file
+    context = trio_dtlsmux.client_context(fingerprint=fingerprint)
+    async with serve("--workers", "2", "--cert", cert, "--key", key) as server:
+        victim, survivor = worker_pids(server.banner)
+        async with clients(16, ("127.0.0.1", server.port), context) as peers:
+            where = await handshakes(server.stderr, len(peers))
+            mine = [c for c in peers if where[c.port] == victim]
+            others = [c for c in peers if where[c.port] == survivor]
+            assert mine and others, where
+            os.kill(victim, signal.SIGTERM)
+            for client in mine:
+                with trio.fail_after(STEP), pytest.raises(trio.EndOfChannel):
+                    await client.conn.receive()
+            for client in others:
+                assert await client.echo(b"carry on", STEP)
+            line = await server.stderr.until(b"restarted as pid ", STEP)
+            line += await server.stderr.until(b"\n")
+            assert f"(pid {victim}) ended (exit status 0)".encode() in line, line
+            for client in mine:
+                await client.reconnect()
+                assert await client.echo(b"back", STEP)
+        code, log = await server.interrupt(signal.SIGTERM)
+    assert code == 0, log
+
+
+@linux_only
 async def test_sigterm_sends_close_notify_from_every_worker_and_exits_0(
     identity_file: tuple[str, str, str],
 ) -> None:
