@@ -93,6 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     scenarios.engine_memory(bench)
     scenarios.memory_scenario(bench)
     scenarios.reaping_scenario(bench)
+    scenarios.workers_scenario(bench)
 
     elapsed = time.perf_counter() - started
     bench.report.meta = {

@@ -1,4 +1,4 @@
-"""The five scenarios, each turning measurements into :class:`Row` s.
+"""The six scenarios, each turning measurements into :class:`Row` s.
 
 Baselines and the library under test are measured in the same run. Where
 several servers can be up at once (echo, handshakes, flood), the targets take
@@ -19,7 +19,7 @@ import time
 from collections.abc import Iterable
 from typing import Any
 
-from benchmarks import engine, load, reapcost
+from benchmarks import engine, load, reapcost, workers
 from benchmarks.report import Report, Row
 from benchmarks.server import ServerProcess
 from benchmarks.targets import TARGETS, ServerConfig, Target, Unavailable
@@ -29,6 +29,7 @@ HANDSHAKES = "2. handshakes/s"
 MEMORY = "3. memory per established idle peer"
 FLOOD = "4. cookie-less ClientHello flood"
 REAPING = "5. idle reaping (dtlsmux only)"
+WORKERS = "6. serve_workers (dtlsmux only)"
 
 ENGINE = "engine"
 OURS = "dtlsmux"
@@ -85,9 +86,11 @@ class Settings:
     max_idle_timeout: float = 60.0
     # Longest time to spend establishing the idle peers of one memory case.
     establish_timeout: float = 300.0
-    # Whole-run budget: the reaping scenario, which comes last, skips the cases
-    # that would not fit in what is left of it.
+    # Whole-run budget: the reaping and workers scenarios, which come last,
+    # skip the cases that would not fit in what is left of it.
     budget: float = math.inf
+    # Worker restarts timed by the workers scenario.
+    restarts: int = 4
 
     @classmethod
     def for_mode(cls, quick: bool) -> Settings:
@@ -107,6 +110,7 @@ class Settings:
                 establish_timeout=5.0,
                 budget=58.0,
                 connect_timeout=10.0,
+                restarts=2,
             )
         return cls(
             quick=False,
@@ -836,3 +840,157 @@ def _reap_run(server: ServerProcess, count: int, idle_timeout: float) -> ReapRes
         establish_seconds=peers.seconds,
         overlap=max(overlap, 0.0),
     )
+
+
+# ------------------------------------------------------------------- workers
+
+
+def workers_scenario(bench: Bench) -> None:
+    """``serve_workers`` with 2 workers against 1 (``benchmarks/workers.py``).
+
+    On two CPUs the figures that carry over to a big machine are the costs
+    per operation summed over the workers (both servers get the same one
+    CPU), the spread of peers, the restart times and the supervisor's CPU.
+    """
+    s = bench.settings
+    report = bench.report
+    if OURS in bench.unavailable:
+        bench.skip(WORKERS, "all cases", OURS, bench.unavailable[OURS])
+        return
+    if not sys.platform.startswith("linux"):
+        bench.skip(WORKERS, "all cases", OURS, "serve_workers needs Linux")
+        return
+    needed = 6 + s.repetitions * 2 * (s.handshake_seconds + s.echo_seconds + 0.5)
+    if bench.time_left() < needed:
+        reason = f"needs ~{needed:.0f} s, {max(bench.time_left(), 0):.0f} s left"
+        bench.skip(WORKERS, "all cases", OURS, reason, status="skipped (time budget)")
+        return
+    log("workers: CPU per operation with 2 workers and with 1, taking turns")
+    try:
+        costs = workers.measure_costs(
+            (1, 2),
+            bench.server_cpus,
+            repetitions=s.repetitions,
+            handshake_seconds=s.handshake_seconds,
+            echo_seconds=s.echo_seconds,
+        )
+    except Exception as exc:
+        bench.skip(WORKERS, "CPU per operation", OURS, describe(exc))
+    else:
+        one, two = costs[1], costs[2]
+        for what, unit_case, attribute, slices in (
+            ("handshake", "CPU per handshake (50 at once)", "handshake_us", "handshake_slices"),
+            ("echo", "CPU per echoed message (100 B, 100 peers, 8 in flight)", "echo_us", "echo_slices"),
+        ):
+            for result in (one, two):
+                plural = "worker" if result.workers == 1 else "workers"
+                _log_row(
+                    report.add(
+                        Row(
+                            WORKERS,
+                            f"{unit_case}, {result.workers} {plural}",
+                            OURS,
+                            "us",
+                            samples=getattr(result, attribute),
+                            note="; ".join(dict.fromkeys(result.notes)),
+                            raw=[dataclasses.asdict(result)],
+                        )
+                    )
+                )
+            # Pairs of samples taken one after the other: the machine's
+            # drift cancels out of each ratio.
+            ratios = [
+                b / a
+                for a, b in zip(
+                    getattr(one, attribute), getattr(two, attribute), strict=False
+                )
+                if a > 0
+            ]
+            wakeups = [
+                statistics.median(getattr(r, slices)) if getattr(r, slices) else math.nan
+                for r in (one, two)
+            ]
+            _log_row(
+                report.add(
+                    Row(
+                        WORKERS,
+                        f"CPU per {what}, 2 workers / 1 worker",
+                        OURS,
+                        "x",
+                        samples=ratios,
+                        note=f"target 0.9-1.1; wake-ups per {what} "
+                        f"{wakeups[0]:.3g} (1) vs {wakeups[1]:.3g} (2): here "
+                        "both workers share one CPU",
+                    )
+                )
+            )
+        wall = two.wall or math.nan
+        _log_row(
+            report.add(
+                Row(
+                    WORKERS,
+                    "supervisor CPU while its 2 workers serve, / theirs",
+                    OURS,
+                    "%",
+                    samples=[100 * two.supervisor_cpu / two.worker_cpu]
+                    if two.worker_cpu
+                    else [],
+                    note=f"{two.supervisor_cpu * 1000:.1f} ms in {wall:.1f} s; "
+                    f"workers {two.worker_cpu:.2f} s",
+                )
+            )
+        )
+    log("workers: spread of 200 peers over 2 workers, and restarts")
+    try:
+        spread = workers.measure_spread_and_restart(
+            bench.server_cpus, peers=200, restarts=s.restarts
+        )
+    except Exception as exc:
+        bench.skip(WORKERS, "spread and restarts", OURS, describe(exc))
+        return
+    for case, unit, samples, note in (
+        (
+            f"spread of {spread.peers} peers over 2 workers, max/min",
+            "x",
+            [spread.spread],
+            f"target <= 1.5; {spread.per_worker[0]} and {spread.per_worker[1]}",
+        ),
+        (
+            "worker killed -> replacement forked",
+            "ms",
+            spread.death_to_fork_ms,
+            "on the same socket",
+        ),
+        (
+            "worker killed -> a new handshake done on its socket",
+            "ms",
+            spread.death_to_handshake_ms,
+            "the client starts right after the kill",
+        ),
+        (
+            "one handshake on a live worker (for scale)",
+            "ms",
+            spread.live_handshake_ms,
+            "",
+        ),
+        (
+            "supervisor CPU per restart (the fork)",
+            "ms",
+            [spread.supervisor_cpu_per_restart_ms],
+            "",
+        ),
+    ):
+        notes = [note, *spread.notes]
+        _log_row(
+            report.add(
+                Row(
+                    WORKERS,
+                    case,
+                    OURS,
+                    unit,
+                    samples=samples,
+                    note="; ".join(n for n in notes if n),
+                    raw=[dataclasses.asdict(spread)],
+                )
+            )
+        )

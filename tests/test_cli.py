@@ -32,6 +32,7 @@ from trio_dtlsmux._cli import (
     _Session,
     build_parser,
     main,
+    read_cookie_secret,
 )
 from trio_dtlsmux._console import format_address, host_port
 from trio_dtlsmux._demo import DemoOptions, percentile, run_demo
@@ -602,6 +603,16 @@ async def test_bad_port_is_a_usage_error_from_the_real_entry_point() -> None:
         (["connect", "h:1", "--insecure", "--cafile", "x"], ["not allowed with"]),
         (["connect", "h:1", "--insecure", "--alpn", "h\u00e9"], ["--alpn", "ASCII"]),
         (["connect", "h:1", "--alpn", ""], ["--alpn", "1 to 255 bytes"]),
+        (["serve", "--workers", "0"], ["--workers", "from 1 to 1024", "not 0"]),
+        (
+            ["serve", "--workers", "2", "--metrics-port", "0"],
+            ["--metrics-port", "--workers", "worker_task"],
+        ),
+        (["serve", "--workers", "many"], ["--workers", "'many'"]),
+        (
+            ["serve", "--cookie-secret-file", "/nonexistent/key"],
+            ["--cookie-secret-file", "/nonexistent/key", "cannot be read"],
+        ),
         (["demo", "--loss", "1.5"], ["--loss", "less than 1"]),
         (["demo", "--size", "3"], ["--size"]),
         (["demo", "--size", "16385"], ["--size", "8 to 16384"]),
@@ -626,6 +637,65 @@ def test_bad_arguments_exit_2_with_one_line(
 def test_idle_timeout(argv: list[str], expected: float | None) -> None:
     opts = build_parser().parse_args(["serve", *argv])
     assert opts.idle_timeout == expected
+
+
+def test_workers_auto_means_one_per_usable_cpu() -> None:
+    opts = build_parser().parse_args(["serve", "--workers", "AUTO"])
+    assert opts.workers == len(os.sched_getaffinity(0))
+    assert build_parser().parse_args(["serve"]).workers is None
+
+
+def key_file(tmp_path: Path, text: str, mode: int = 0o600) -> str:
+    path = tmp_path / "cookie.key"
+    path.write_text(text)
+    path.chmod(mode)
+    return str(path)
+
+
+def test_cookie_secret_file_holds_hex_keys_newest_first(tmp_path: Path) -> None:
+    new, old = bytes(range(32)), bytes(range(1, 49))
+    path = key_file(
+        tmp_path, f"# rotated on Monday\n{new.hex()}\n\n  {old.hex().upper()}  \n"
+    )
+    assert read_cookie_secret(path) == (new, old)
+
+
+@pytest.mark.parametrize(
+    ("text", "mode", "fragments"),
+    [
+        ("00" * 32 + "\n", 0o644, ["open to every user", "mode 0644", "chmod 600"]),
+        ("00" * 32 + "\n", 0o602, ["open to every user", "mode 0602"]),
+        ("# nothing yet\n\n", 0o600, ["holds no key"]),
+        ("00" * 32 + "\nnot hex\n", 0o600, ["line 2", "not a key in hex"]),
+        ("00" * 31 + "\n", 0o600, ["31 bytes", "at least 32"]),
+        (("00" * 32 + "\n") * 5, 0o600, ["5 keys", "at most 4"]),
+    ],
+)
+def test_a_bad_cookie_secret_file_is_a_usage_error(
+    tmp_path: Path,
+    text: str,
+    mode: int,
+    fragments: list[str],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    path = key_file(tmp_path, text, mode)
+    with pytest.raises(SystemExit) as exited:
+        main(["serve", "--port", "0", "--cookie-secret-file", path])
+    assert exited.value.code == 2
+    assert_one_line_error(capsys.readouterr().err, "--cookie-secret-file", *fragments)
+
+
+async def test_serve_with_a_cookie_secret_file(tmp_path: Path) -> None:
+    path = key_file(tmp_path, bytes(range(32)).hex() + "\n", 0o640)
+    async with serve("--cookie-secret-file", path) as server:
+        result = await connect_with_input(
+            b"shared\n",
+            f"127.0.0.1:{server.port}",
+            "--fingerprint",
+            server.fingerprint,
+        )
+        assert result.returncode == 0, result.stderr.decode()
+        assert result.stdout == b"shared\n"
 
 
 def test_cert_without_a_key_and_no_key_option(

@@ -11,8 +11,12 @@ from __future__ import annotations
 
 import ast
 import importlib.util
+import os
 import re
+import signal
 import stat
+import subprocess
+import sys
 import urllib.request
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -144,6 +148,7 @@ TESTED = {
     "howto_testing",
     "howto_nat",
     "coaps_server",  # run in test_psk.py, on FakeNetwork and with libcoap's client
+    "howto_deploy",
 }
 
 
@@ -533,3 +538,57 @@ async def test_howto_nat(autojump_clock: trio.testing.MockClock, net: FakeNetwor
                 assert server.statistics().peers_reaped == 1
                 assert client.statistics().peers_reaped == 1
             nursery.cancel_scope.cancel()
+
+
+_DEPLOY = """
+import importlib.util, sys
+spec = importlib.util.spec_from_file_location("howto_deploy", sys.argv[1])
+howto = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(howto)
+howto.main(
+    "127.0.0.1",
+    0,
+    sys.argv[2],
+    started=lambda address, pids: print(address[1], *pids, flush=True),
+)
+print("stopped", flush=True)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="needs Linux")
+async def test_howto_deploy(certs: tuple[str, str], tmp_path: Path) -> None:
+    # serve_workers forks, so it runs in a child process of its own, in the
+    # directory where make_cert wrote cert.pem and key.pem.
+    secret = tmp_path / "cookie.key"
+    secret.write_text("# newest first\n" + "ab" * 32 + "\n" + "cd" * 32 + "\n")
+    proc = await trio.lowlevel.open_process(
+        [sys.executable, "-c", _DEPLOY, str(EXAMPLES / "howto_deploy.py"), str(secret)],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        assert proc.stdout is not None
+        with trio.fail_after(20):
+            line = b""
+            while not line.endswith(b"\n"):
+                line += await proc.stdout.receive_some(1)
+            port, *pids = map(int, line.split())
+            assert len(pids) == len(os.sched_getaffinity(0))
+            async with trio_dtlsmux.DtlsEndpoint(await real_udp()) as client:
+                context = trio_dtlsmux.client_context(cafile=certs[0])
+                conn = await client.connect((LOCAL, port), context)
+                await conn.send(b"on some core")
+                assert await conn.receive() == b"on some core"
+                proc.send_signal(signal.SIGTERM)
+                with pytest.raises(trio.EndOfChannel):
+                    await conn.receive()
+            assert await proc.wait() == 0
+            rest = b""
+            while chunk := await proc.stdout.receive_some(1024):
+                rest += chunk
+            assert rest == b"stopped\n"
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()

@@ -25,6 +25,7 @@ from ._errors import (
     PeerRestarted,
 )
 from ._statistics import ConnectionStatistics, EndpointStatistics
+from ._workers import serve_workers
 from .contexts import (
     SelfSigned,
     check_peer_identity,
@@ -53,6 +54,7 @@ __all__ = [
     "check_peer_identity",
     "client_context",
     "self_signed",
+    "serve_workers",
     "server_context",
 ]
 

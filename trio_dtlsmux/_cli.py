@@ -64,7 +64,9 @@ from ._console import (
     wait_seconds,
     warn,
     whole_number,
+    worker_count,
 )
+from ._cookies import cookie_keys
 from ._endpoint import DtlsEndpoint
 from ._errors import (
     ConnectionTimedOut,
@@ -75,6 +77,7 @@ from ._errors import (
 )
 from ._records import MAX_PLAINTEXT
 from ._statistics import EndpointStatistics
+from ._workers import serve_workers
 from .contexts import _base_context, client_context, self_signed, server_context
 
 __all__ = ["build_parser", "main"]
@@ -165,6 +168,20 @@ def build_parser(prog: str = "trio-dtlsmux") -> argparse.ArgumentParser:
         metavar="HOST",
         help="address the metrics listen on (default: %(default)s; the "
         "statistics show how busy the server is, so widen it on purpose)",
+    )
+    serve.add_argument(
+        "--workers",
+        type=worker_count,
+        metavar="N",
+        help="serve the address with N worker processes (Linux; 'auto' is one "
+        "per CPU) under a supervisor that restarts them; without it, one process",
+    )
+    serve.add_argument(
+        "--cookie-secret-file",
+        metavar="FILE",
+        help="the cookie secret shared with other servers of this address: "
+        "hex keys of at least 32 bytes, one per line, newest first; the file "
+        "must not be readable by other users",
     )
     serve.set_defaults(handler=_serve_command, subparser=serve)
 
@@ -371,23 +388,38 @@ def _serve_command(opts: argparse.Namespace, parser: argparse.ArgumentParser) ->
             usage_error(parser, str(exc))
         fingerprint = _certificate_fingerprint(pem)
         origin = f"certificate from {opts.cert}"
+    if opts.metrics_port is not None and opts.workers is not None:
+        usage_error(
+            parser,
+            "--metrics-port serves one process's endpoint; with --workers, "
+            "export each worker's statistics from your own program "
+            "(serve_workers(worker_task=...)) instead",
+        )
     if opts.metrics_port is not None:
         # Checked before the event loop, so a missing extra is one line.
         try:
             from . import metrics  # noqa: F401
         except ImportError as exc:
             usage_error(parser, str(exc))
+    cookie_secret = None
+    if opts.cookie_secret_file is not None:
+        try:
+            cookie_secret = read_cookie_secret(opts.cookie_secret_file)
+        except ValueError as exc:
+            usage_error(parser, f"--cookie-secret-file: {exc}")
     keylog = _open_keylog(opts, parser)
-    _setup_logging()
+    _setup_logging(with_pid=opts.workers is not None)
+    banner = _Banner(origin, fingerprint, keylog)
     try:
+        if opts.workers is not None:
+            return _serve_with_workers(opts, parser.prog, context, banner, cookie_secret)
         return run_until_interrupted(
             _serve,
             opts,
             parser.prog,
             context,
-            origin,
-            fingerprint,
-            keylog,
+            banner,
+            cookie_secret,
             interrupted=EXIT_OK,
         )
     finally:
@@ -395,14 +427,64 @@ def _serve_command(opts: argparse.Namespace, parser: argparse.ArgumentParser) ->
             keylog.close()
 
 
-def _setup_logging() -> None:
-    # On the library's logger, so that its own lines (each failed handshake,
-    # rate-limited) appear beside the server's.
+def read_cookie_secret(path: str) -> tuple[bytes, ...]:
+    """The key ring in a cookie secret file, newest key first.
+
+    One key per line, in hex (``openssl rand -hex 32`` makes one); blank
+    lines and lines that start with ``#`` are skipped. The file must not be
+    readable or writable by other users: anyone who reads it can make
+    cookies for any address, so a cookie no longer proves that a client
+    receives at its address.
+
+    Raises:
+      ValueError: the file cannot be read, is open to other users, or holds
+        no key, a line that is not hex, or a key that is too short.
+    """
+    try:
+        with open(path, "rb") as stream:
+            mode = os.fstat(stream.fileno()).st_mode
+            data = stream.read()
+    except OSError as exc:
+        raise ValueError(f"{path!r} cannot be read: {exc.strerror or exc}") from None
+    if stat.S_ISREG(mode) and mode & (stat.S_IROTH | stat.S_IWOTH):
+        raise ValueError(
+            f"{path!r} is open to every user on this machine (mode "
+            f"{stat.S_IMODE(mode):04o}); make it private first: chmod 600 {path}"
+        )
+    keys = []
+    for number, raw in enumerate(data.splitlines(), 1):
+        line = raw.strip()
+        if not line or line.startswith(b"#"):
+            continue
+        try:
+            keys.append(bytes.fromhex(line.decode("ascii")))
+        except (UnicodeDecodeError, ValueError):
+            raise ValueError(
+                f"line {number} of {path!r} is not a key in hex"
+            ) from None
+    if not keys:
+        raise ValueError(f"{path!r} holds no key (one hex key per line, newest first)")
+    try:
+        ring = cookie_keys(keys)
+    except ValueError as exc:
+        raise ValueError(f"{path!r}: {exc}") from None
+    assert ring is not None
+    return ring
+
+
+def _setup_logging(*, with_pid: bool = False) -> None:
+    """Log lines on stderr; with workers, each says which process wrote it.
+
+    The handler is on the library's logger, so that its own lines (each
+    failed handshake, rate-limited; the workers' supervisor) appear beside
+    the server's.
+    """
     library = logging.getLogger("trio_dtlsmux")
     if library.handlers:
         return
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
+    form = "%(asctime)s [%(process)d] %(message)s" if with_pid else "%(asctime)s %(message)s"
+    handler.setFormatter(logging.Formatter(form, "%H:%M:%S"))
     library.addHandler(handler)
     library.setLevel(logging.INFO)
     library.propagate = False
@@ -523,19 +605,48 @@ def format_statistics(stats: EndpointStatistics) -> str:
     )
 
 
-async def _print_statistics(endpoint: DtlsEndpoint, every: float) -> None:
+async def _print_statistics(
+    endpoint: DtlsEndpoint, every: float, prefix: str = ""
+) -> None:
     while True:
         await trio.sleep(every)
-        say(format_statistics(endpoint.statistics()))
+        say(prefix + format_statistics(endpoint.statistics()))
+
+
+class _Banner:
+    """What ``serve`` says about itself once it listens."""
+
+    def __init__(
+        self, origin: str, fingerprint: str | None, keylog: IO[bytes] | None
+    ) -> None:
+        self.origin = origin
+        self.fingerprint = fingerprint
+        self.keylog = keylog
+
+    def show(self, host: str, port: int, workers: tuple[int, ...] | None = None) -> None:
+        target = format_address(_reachable_host(host), port)
+        fingerprint = self.fingerprint
+        say(f"trio-dtlsmux {__version__}: DTLS 1.2 echo server")
+        say(f"certificate: {self.origin}")
+        if fingerprint is not None:
+            say(f"SHA-256 fingerprint: {fingerprint}")
+        say("talk to it with:")
+        say(f"  openssl s_client -dtls1_2 -connect {target}")
+        if fingerprint is not None:
+            say(f"  python -m trio_dtlsmux connect {target} --fingerprint {fingerprint}")
+        if self.keylog is not None:
+            say(f"key log: {getattr(self.keylog, 'name', self.keylog)}")
+        if workers is not None:
+            say(f"workers: {len(workers)} (pids {', '.join(map(str, workers))})")
+        say(f"listening on {format_address(host, port)} (Ctrl-C to stop)")
 
 
 async def _serve(
     opts: argparse.Namespace,
     prog: str,
     context: SSL.Context,
-    origin: str,
-    fingerprint: str | None,
-    keylog: IO[bytes] | None,
+    banner: _Banner,
+    cookie_secret: tuple[bytes, ...] | None,
 ) -> int:
     # Take over SIGINT/SIGTERM before anything else, so that a Ctrl-C is a
     # request to shut down rather than an exception at a random checkpoint.
@@ -552,27 +663,14 @@ async def _serve(
         async with DtlsEndpoint(
             sock,
             server_context=context,
+            cookie_secret=cookie_secret,
             idle_timeout=opts.idle_timeout,
-            keylog=keylog,
+            keylog=banner.keylog,
         ) as endpoint:
             service = _EchoService(opts.idle_timeout)
             async with trio.open_nursery() as nursery:
                 await nursery.start(endpoint.serve, service)
-                target = format_address(_reachable_host(host), port)
-                say(f"trio-dtlsmux {__version__}: DTLS 1.2 echo server")
-                say(f"certificate: {origin}")
-                if fingerprint is not None:
-                    say(f"SHA-256 fingerprint: {fingerprint}")
-                say("talk to it with:")
-                say(f"  openssl s_client -dtls1_2 -connect {target}")
-                if fingerprint is not None:
-                    say(
-                        f"  python -m trio_dtlsmux connect {target} "
-                        f"--fingerprint {fingerprint}"
-                    )
-                if keylog is not None:
-                    say(f"key log: {getattr(keylog, 'name', keylog)}")
-                say(f"listening on {format_address(host, port)} (Ctrl-C to stop)")
+                banner.show(host, port)
                 if opts.stats_every is not None:
                     nursery.start_soon(_print_statistics, endpoint, opts.stats_every)
                 exporting = contextlib.ExitStack()
@@ -613,6 +711,45 @@ async def _serve(
         final.datagrams_in,
         final.datagrams_out,
     )
+    return EXIT_OK
+
+
+def _serve_with_workers(
+    opts: argparse.Namespace,
+    prog: str,
+    context: SSL.Context,
+    banner: _Banner,
+    cookie_secret: tuple[bytes, ...] | None,
+) -> int:
+    """``serve --workers N``: the same echo service in N processes."""
+    stats_every: float | None = opts.stats_every
+
+    async def print_statistics(endpoint: DtlsEndpoint) -> None:
+        assert stats_every is not None
+        await _print_statistics(endpoint, stats_every, prefix=f"[{os.getpid()}] ")
+
+    def started(address: tuple[Any, ...], pids: tuple[int, ...]) -> None:
+        banner.show(address[0], address[1], pids)
+
+    try:
+        serve_workers(
+            _EchoService(opts.idle_timeout),
+            (opts.host, opts.port),
+            workers=opts.workers,
+            server_context=context,
+            cookie_secret=cookie_secret,
+            started=started,
+            worker_task=None if stats_every is None else print_statistics,
+            idle_timeout=opts.idle_timeout,
+            keylog=banner.keylog,
+        )
+    except (NotImplementedError, OSError) as exc:
+        where = format_address(opts.host, opts.port)
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+        fail(prog, f"cannot serve {where} with workers: {reason}")
+        return EXIT_FAILURE
+    except KeyboardInterrupt:  # before the supervisor took the signals over
+        return EXIT_OK
     return EXIT_OK
 
 

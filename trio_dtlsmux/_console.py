@@ -21,6 +21,8 @@ from typing import Any, NoReturn
 
 import trio
 
+from ._workers import MAX_WORKERS, available_cpus
+
 __all__ = [
     "EXIT_FAILURE",
     "EXIT_INTERRUPTED",
@@ -44,6 +46,7 @@ __all__ = [
     "wait_seconds",
     "warn",
     "whole_number",
+    "worker_count",
 ]
 
 EXIT_OK = 0
@@ -249,6 +252,14 @@ def whole_number(low: int, high: int) -> Callable[[str], int]:
         return value
 
     return parse
+
+
+def worker_count(text: str) -> int:
+    """A number of worker processes, at least 1, or ``auto``: one per CPU
+    this process may run on."""
+    if text.strip().lower() == "auto":
+        return available_cpus()
+    return whole_number(1, MAX_WORKERS)(text)
 
 
 def probability(text: str) -> float:

@@ -358,7 +358,8 @@ class Demux:
     def _spend_hello(self, key: tuple[Any, ...], client_random: bytes, now: float) -> None:
         """Remember a ClientHello whose association has ended.
 
-        Its cookie stays valid for up to two cookie lifetimes, so a late
+        Its cookie stays valid for up to ``max_age`` of the cookie jar (two
+        lifetimes, three with a shared secret), so a late
         retransmission or a replay of that plaintext hello would otherwise
         start a new handshake (or, at an address with a live association,
         replace it). Entries expire with the cookie and are capped, so this
@@ -371,7 +372,7 @@ class Demux:
             if spent[oldest] > now and len(spent) < self.config.max_connections:
                 break
             del spent[oldest]
-        spent[(key, client_random)] = now + 2 * self.config.cookie_lifetime
+        spent[(key, client_random)] = now + self._cookies.max_age
 
     # -- ClientHellos ----------------------------------------------------------
 

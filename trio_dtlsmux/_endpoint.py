@@ -33,7 +33,7 @@ from __future__ import annotations
 import math
 import socket as _stdlib_socket
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import IO, Any
 
 import trio
@@ -43,6 +43,7 @@ from ._addresses import is_ip_literal, normalize_address
 from ._association import Association, Role, State
 from ._config import EndpointConfig, make_config
 from ._connection import DtlsConnection
+from ._cookies import CookieJar
 from ._demux import Demux
 from ._errors import HandshakeError, HandshakeFailure
 from ._events import (
@@ -116,6 +117,15 @@ class DtlsEndpoint:
       server_context: an ``OpenSSL.SSL.Context`` for the server role, or
         ``None`` to act only as a client (ClientHellos are then dropped and
         counted). The context may be shared by many endpoints.
+      cookie_secret: the key behind the stateless cookies, for endpoints
+        that share one service address (several processes or hosts behind
+        a load balancer): ``bytes`` of at least 32 bytes, or a sequence of
+        such keys, newest first, to rotate the secret without refusing the
+        cookies already sent. Every instance given the same secret (and the
+        same ``cookie_lifetime``) accepts the others' cookies; they count
+        cookie epochs on the wall clock, so their clocks must agree to well
+        within a ``cookie_lifetime``. ``None`` (the default) uses a random
+        key known to this endpoint only. See :doc:`howto/deploy`.
       **options: see :class:`~trio_dtlsmux.EndpointConfig`; unknown or bad
         values raise ``TypeError``/``ValueError`` here.
 
@@ -130,6 +140,7 @@ class DtlsEndpoint:
         sock: Any,
         *,
         server_context: SSL.Context | None = None,
+        cookie_secret: bytes | Sequence[bytes] | None = None,
         **options: Any,
     ) -> None:
         sock_type = getattr(sock, "type", None)
@@ -147,7 +158,10 @@ class DtlsEndpoint:
             raise ValueError("DtlsEndpoint needs a SOCK_DGRAM (UDP) socket")
         self.config: EndpointConfig = make_config(options)
         """The endpoint's options, validated and frozen."""
-        self._demux = Demux(self.config, server_context)
+        # The secret is not an option in config: config is shown in reprs
+        # and logs, and a secret should not be.
+        cookies = CookieJar(lifetime=self.config.cookie_lifetime, secret=cookie_secret)
+        self._demux = Demux(self.config, server_context, cookies=cookies)
         self._transport = Transport(
             sock,
             receive_buffer=self.config.receive_buffer,
