@@ -100,6 +100,8 @@ Output = tuple[list[bytes], list[Event]]
 
 
 class Role(enum.Enum):
+    """Which side of the handshake an association plays."""
+
     CLIENT = "client"
     SERVER = "server"
 
@@ -167,16 +169,16 @@ class Association:
         self.context = context
         self.address = address
         self.config = config
-        self.state = State.HANDSHAKING
+        self.state: State = State.HANDSHAKING
         # True while HANDSHAKING or ESTABLISHED; kept by _transition (it is
         # read for every datagram, so it is an attribute, not a property).
-        self.live = True
+        self.live: bool = True
         self.error: BaseException | None = None
-        self.counters = ConnectionCounters()
+        self.counters: ConnectionCounters = ConnectionCounters()
         self.server_hostname = server_hostname
         self.verify_failure: str | None = None
         self.client_random = client_random
-        self.handshake_deadline = now + config.handshake_timeout
+        self.handshake_deadline: float = now + config.handshake_timeout
         self._idle_timeout = config.idle_timeout
         self._events: list[Event] = []
 
@@ -192,7 +194,7 @@ class Association:
         #: Client role: the session agreed, to offer again (_sessions).
         self.session: SSL.Session | None = None
         #: Whether the handshake resumed a session (abbreviated handshake).
-        self.session_reused = False
+        self.session_reused: bool = False
 
         ssl = SSL.Connection(context, None)
         ssl.set_options(SSL.OP_NO_QUERY_MTU | SSL.OP_NO_RENEGOTIATION)
@@ -759,6 +761,7 @@ class Association:
         counters.messages_in -= 1
 
     def cleartext_mtu(self) -> int:
+        """The largest message one record can carry within the ``mtu``."""
         if self._cleartext_mtu is None:
             return min(
                 self.config.mtu - rec.MAX_RECORD_OVERHEAD, rec.MAX_PLAINTEXT

@@ -170,6 +170,7 @@ class ConnectionCounters:
     last_datagram_at: float | None = None
 
     def snapshot(self) -> ConnectionStatistics:
+        """The counters now, frozen."""
         return ConnectionStatistics(**attrs.asdict(self, recurse=False))
 
 

@@ -84,12 +84,12 @@ try:
         Metric,
     )
     from prometheus_client.registry import Collector
-except ImportError as exc:
+except ImportError as _missing:
     raise ImportError(
         "trio_dtlsmux.metrics needs prometheus-client: "
         "pip install trio-dtlsmux[metrics]",
-        name=exc.name,
-    ) from exc
+        name=_missing.name,
+    ) from _missing
 
 from ._endpoint import DtlsEndpoint
 from ._errors import HandshakeFailure
