@@ -32,11 +32,11 @@ def lint(session: nox.Session) -> None:
 @nox.session
 def typecheck(session: nox.Session) -> None:
     """mypy --strict on the package, and pyright's view of the public API."""
-    session.install("-e", ".[metrics]", "mypy>=1.10", "pyright")
+    # Not editable: pyright cannot see a package behind an editable
+    # install's import hook, and would score an empty API.
+    session.install(".[metrics]", "mypy>=1.10", "pyright")
     session.run("mypy", "--strict", "trio_dtlsmux")
-    session.run(
-        "pyright", "--verifytypes", "trio_dtlsmux", "--ignoreexternal", success_codes=[0, 1]
-    )
+    session.run("pyright", "--verifytypes", "trio_dtlsmux", "--ignoreexternal")
 
 
 @nox.session
