@@ -29,7 +29,7 @@ import trio
 from OpenSSL import SSL
 
 import trio_dtlsmux
-from trio_dtlsmux import DtlsConnection, DtlsEndpoint, SelfSigned
+from trio_dtlsmux import DtlsConnection, DtlsEndpoint, HandshakeFailure, SelfSigned
 
 from .conftest import udp_socket
 from .test_interop import free_udp_port
@@ -606,3 +606,58 @@ async def test_our_server_answers_close_notify(identity: SelfSigned, tmp_path: P
                 assert await server.ended() == "peer closed"
                 assert await tool.exit_code() == 0
     assert b"Alert[1|0] - Close notify - was received" in tool.output.text
+
+
+@needs_openssl
+@pytest.mark.parametrize("offered_to", ["another pin", "another name"])
+@pytest.mark.xfail(
+    strict=True,
+    reason="library bug: a session passed as connect(session=) skips the "
+    "context's pin and the name check; a resumed handshake checks no "
+    "certificate, and nothing checks the session's certificate instead",
+)
+async def test_an_explicit_session_is_held_to_the_pin_and_the_name(
+    identity: SelfSigned, tmp_path: Path, offered_to: str
+) -> None:
+    # The endpoint's cache offers a session only under the name and context
+    # it was made with. Bytes from DtlsConnection.session can be offered
+    # under any: here to the same s_server, whose certificate the second
+    # context (pinned to another certificate) or the second name
+    # (example.com, not in the certificate) would refuse in a full
+    # handshake. The server resumes, and connect() succeeds.
+    cert, key = identity.write(tmp_path)
+    port = free_udp_port()
+    assert OPENSSL is not None
+    argv: list[str | Path] = [
+        OPENSSL, "s_server", "-dtls1_2", "-accept", f"127.0.0.1:{port}",
+        "-cert", cert, "-key", key,
+    ]  # fmt: skip
+    address = ("127.0.0.1", port)
+    checked = trio_dtlsmux.client_context(cadata=identity.cert_pem)
+    if offered_to == "another pin":
+        other = trio_dtlsmux.self_signed()
+        context = trio_dtlsmux.client_context(fingerprint=other.fingerprint)
+        name: str | bool = False
+    else:
+        context, name = checked, "example.com"
+    with trio.fail_after(20):
+        async with running(argv) as tool, DtlsEndpoint(await udp_socket()) as client:
+            await tool.output.until(b"ACCEPT\n")
+            # Without a session, the check refuses the server.
+            with pytest.raises(trio_dtlsmux.HandshakeError) as refused:
+                await client.connect(address, context, server_hostname=name)
+            assert refused.value.kind is HandshakeFailure.VERIFICATION
+            first = await client.connect(address, checked, server_hostname="localhost")
+            session = first.session
+            assert session is not None
+            await first.aclose()
+            await tool.output.until(b"DONE\n")
+            # With one, it must still refuse: by checking the session's
+            # certificate after the resumed handshake, or by not offering it
+            # and doing a full handshake. Today it resumes and returns.
+            with pytest.raises(trio_dtlsmux.HandshakeError) as refused:
+                conn = await client.connect(
+                    address, context, server_hostname=name, session=session
+                )
+                assert conn.session_reused  # what happens today
+            assert refused.value.kind is HandshakeFailure.VERIFICATION
