@@ -149,6 +149,7 @@ TESTED = {
     "howto_nat",
     "coaps_server",  # run in test_psk.py, on FakeNetwork and with libcoap's client
     "howto_deploy",
+    "howto_resumption",
 }
 
 
@@ -592,3 +593,34 @@ async def test_howto_deploy(certs: tuple[str, str], tmp_path: Path) -> None:
         if proc.returncode is None:
             proc.kill()
             await proc.wait()
+async def test_howto_resumption(
+    autojump_clock: trio.testing.MockClock,
+    net: FakeNetwork,
+    certs: tuple[str, str],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    howto = load("howto_resumption")
+    echo = load("echo_server").echo
+    saved = tmp_path / "session"
+    context = trio_dtlsmux.server_context(*certs)
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            sockets = [await fake_udp(net, port=4433), await fake_udp(net, port=4434)]
+            await nursery.start(howto.serve_on, sockets, context, echo)
+            # A client runs three times; its first run finds no session.
+            for port in (4433, 4433, 4434):
+                async with trio_dtlsmux.DtlsEndpoint(await fake_udp(net)) as client:
+                    conn = await howto.connect_resuming(client, (LOCAL, port), certs[0], saved)
+                    await conn.send(b"hi")
+                    assert await conn.receive() == b"hi"
+                    await conn.aclose()
+                assert stat.S_IMODE(saved.stat().st_mode) == 0o600
+            nursery.cancel_scope.cancel()
+    # The third run went to the other endpoint: same context, same session.
+    said = capsys.readouterr().out.splitlines()
+    assert [line for line in said if line in ("full handshake", "resumed")] == [
+        "full handshake",
+        "resumed",
+        "resumed",
+    ]
