@@ -280,9 +280,12 @@ def test_close_notify(pair: Pair) -> None:
     assert pair.client.state is State.CLOSED
     assert pair.client.close() == ([], [])  # once
     out, events = pair.server.receive_datagram(goodbye, pair.now)
-    assert out == []
     assert events == [PeerEnded(pair.server, State.PEER_CLOSED, None)]
     assert pair.server.state is State.PEER_CLOSED
+    # The server answers with its own close_notify (RFC 5246 7.2.1), once.
+    [answer] = out
+    assert rec.parse_records_untrusted(answer)[0].content_type == rec.ALERT
+    assert pair.server.receive_datagram(goodbye, pair.now) == ([], [])
 
 
 def test_cleartext_mtu_fits_the_datagram(pair: Pair, identity: SelfSigned) -> None:

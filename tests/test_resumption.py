@@ -130,3 +130,31 @@ async def test_the_server_role_has_no_session_bytes_and_bad_bytes_are_refused(
         with pytest.raises(TypeError, match="bytes"):
             await client.connect(("10.0.0.9", 1), client_ctx, session="text")  # type: ignore[arg-type]
         assert client.statistics().peers == 1
+
+
+async def test_an_explicit_session_is_held_to_the_context_s_pin(
+    autojump_clock: trio.testing.MockClock, identity: SelfSigned
+) -> None:
+    # A resumed handshake shows no certificate; before, a session handed in
+    # as bytes resumed under a context pinned to another certificate.
+    server_ctx, client_ctx = contexts(identity, tickets=True)
+    other_pin = trio_dtlsmux.client_context(
+        fingerprint=trio_dtlsmux.self_signed().fingerprint
+    )
+    net = FakeNetwork()
+    async with DtlsEndpoint(
+        await fake_socket(net, *SERVER), server_context=server_ctx
+    ) as server, DtlsEndpoint(await fake_socket(net, *CLIENT)) as client:
+        first = await client.connect(SERVER, client_ctx, server_hostname=False)
+        blob = first.session
+        assert blob is not None
+        await first.aclose()
+        with pytest.raises(trio_dtlsmux.HandshakeError) as refused:
+            await client.connect(SERVER, other_pin, server_hostname=False, session=blob)
+        assert refused.value.kind is trio_dtlsmux.HandshakeFailure.VERIFICATION
+        assert "resumed session" in refused.value.reason
+        assert client.statistics().handshakes_failed == {"verification": 1}
+        # The right context still resumes with it.
+        again = await client.connect(SERVER, client_ctx, server_hostname=False, session=blob)
+        assert again.session_reused
+        del server

@@ -92,6 +92,7 @@ from ._psk import psk_identity, timeout_note
 from ._recordio import RecordIO, record_io
 from ._sessions import keep_resumable, session_reused
 from ._statistics import ConnectionCounters
+from ._verification import check_resumed_session
 
 _BIO_CHUNK = 65536
 
@@ -181,6 +182,7 @@ class Association:
         self.handshake_deadline: float = now + config.handshake_timeout
         self._idle_timeout = config.idle_timeout
         self._events: list[Event] = []
+        self._goodbye: list[bytes] = []
 
         self._epoch0_seq = first_record_seq
         self._max_msg_seq = -1
@@ -255,7 +257,11 @@ class Association:
         self._retransmit_at = math.inf
 
     def _output(self, datagrams: list[bytes]) -> Output:
-        """``datagrams`` and the events gathered since the last call."""
+        """``datagrams`` and the events gathered since the last call (and
+        the close_notify that answers the peer's, if it just came)."""
+        if self._goodbye:
+            datagrams = datagrams + self._goodbye
+            self._goodbye = []
         events = self._events
         if events:
             self._events = []
@@ -366,8 +372,28 @@ class Association:
             self._fail_from_ssl(failure)
             return out
         if done:
+            refusal = self._check_resumed(ssl)
+            if refusal is not None:
+                # OpenSSL is done, we are not: say goodbye and fail.
+                try:
+                    ssl.shutdown()
+                except SSL.Error:
+                    pass
+                out += self._pack(self._drain(), count=True)
+                self._fail(
+                    HandshakeFailure.VERIFICATION,
+                    f"certificate verification failed: {refusal}",
+                )
+                return out
             self._established(now, sent_final_flight=bool(records))
         return out
+
+    def _check_resumed(self, ssl: SSL.Connection) -> str | None:
+        """Client role: a resumed session shows no certificate, so judge the
+        one it holds as the context would (see _verification)."""
+        if self.role is not Role.CLIENT or not session_reused(ssl):
+            return None
+        return check_resumed_session(self.context, ssl, self.server_hostname)
 
     def _established(self, now: float, *, sent_final_flight: bool) -> None:
         ssl = self._ssl
@@ -720,6 +746,15 @@ class Association:
         return out
 
     def _peer_closed(self) -> None:
+        """The peer sent close_notify: answer with ours (RFC 5246 7.2.1: the
+        other party MUST respond with a close_notify), then end."""
+        ssl = self._ssl
+        if ssl is not None and self.state is State.ESTABLISHED:
+            try:
+                ssl.shutdown()
+            except SSL.Error:
+                pass
+            self._goodbye = self._pack(self._drain(), count=True)
         self._transition(State.PEER_CLOSED, None)
 
     def _broken(self, exc: SSL.Error) -> None:

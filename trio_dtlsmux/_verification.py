@@ -270,6 +270,60 @@ class _PeerVerifier:
         return check_peer_identity(cert.to_cryptography(), hostname)
 
 
+# The verifier of every context built here, so that a resumed session (which
+# shows no certificate, so the callback never runs) can be judged the same way.
+_VERIFIERS: weakref.WeakKeyDictionary[SSL.Context, _PeerVerifier] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def install_verifier(ctx: SSL.Context, mode: int, verifier: _PeerVerifier) -> None:
+    """``ctx.set_verify(mode, verifier)``, remembered for resumed sessions."""
+    ctx.set_verify(mode, verifier)
+    _VERIFIERS[ctx] = verifier
+
+
+def check_resumed_session(
+    ctx: SSL.Context, conn: SSL.Connection, server_hostname: str | None
+) -> str | None:
+    """Judge the certificate a resumed session holds as ``ctx`` would have
+    judged it in a full handshake; a one-line reason, or None if it passes.
+
+    A resumed (abbreviated) handshake carries no certificate, so the verify
+    callback does not run. A session from this context's own cache was
+    checked when it was made, but a session handed in as bytes may come from
+    anywhere: another context, another pin, another name. So the session's
+    certificate is checked again here: against the pin, or against the
+    context's trust store and the name. The session keeps the leaf only, so a
+    chain that needs intermediates fails this check (closed, not open).
+    Contexts not built by :func:`client_context` are not judged here.
+    """
+    verifier = _VERIFIERS.get(ctx)
+    if verifier is None:
+        return None
+    leaf = conn.get_peer_certificate()
+    if leaf is None:
+        return "the resumed session holds no certificate to check"
+    if verifier.pin is not None:
+        actual = _sha256(leaf.to_cryptography())
+        if hmac.compare_digest(actual, verifier.pin):
+            return None
+        return (
+            f"the resumed session's certificate (sha256 {_format_fingerprint(actual)}) "
+            f"does not match the pinned {_format_fingerprint(verifier.pin)}"
+        )
+    store = ctx.get_cert_store()
+    if store is None:  # pragma: no cover - OpenSSL always gives a context a store
+        return "this context has no trust store to check a resumed session against"
+    try:
+        crypto.X509StoreContext(store, leaf).verify_certificate()
+    except crypto.X509StoreContextError as exc:
+        return f"the resumed session's certificate is not trusted here: {exc}"
+    if verifier.check_names and server_hostname is not None:
+        return check_peer_identity(leaf.to_cryptography(), server_hostname)
+    return None
+
+
 def is_identity_checking(ctx: SSL.Context) -> bool:
     """Tell whether ``ctx`` checks the peer's identity during the handshake.
 

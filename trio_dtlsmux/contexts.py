@@ -103,6 +103,7 @@ from ._verification import (
     PeerIdentityTarget,
     _PeerVerifier,
     check_peer_identity,
+    install_verifier,
     is_identity_checking,
 )
 
@@ -380,7 +381,7 @@ def client_context(
 
     if certfile is not None:
         _install_identity(ctx, certfile, keyfile, password)
-    ctx.set_verify(SSL.VERIFY_PEER, _PeerVerifier(pin=pin, check_names=pin is None))
+    install_verifier(ctx, SSL.VERIFY_PEER, _PeerVerifier(pin=pin, check_names=pin is None))
     if alpn_names is not None:
         ctx.set_alpn_protos(alpn_names)
     if srtp_profiles is not None:
