@@ -109,3 +109,20 @@ async def test_send_other_refuses_what_would_look_like_dtls(
         assert ep.statistics().datagrams_out == 0
     with pytest.raises(trio.ClosedResourceError):
         await ep.send_other(STUN, SERVER)
+
+
+async def test_an_empty_datagram_is_junk_not_other(
+    autojump_clock: trio.testing.MockClock, server_ctx: SSL.Context
+) -> None:
+    # It has no first byte to demultiplex by; an application that reads
+    # data[0] (as RFC 7983's demultiplexer does) must never be handed one.
+    net = FakeNetwork()
+    async with DtlsEndpoint(
+        await fake_socket(net, *SERVER), server_context=server_ctx, other_datagrams=4
+    ) as server:
+        stranger = await fake_socket(net, *STRANGER)
+        await stranger.sendto(b"", SERVER)
+        await stranger.sendto(STUN, SERVER)
+        assert await server.receive_other() == (STUN, STRANGER)
+        stats = server.statistics()
+        assert (stats.junk_dropped, stats.other_received) == (1, 1)

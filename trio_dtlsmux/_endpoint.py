@@ -282,7 +282,9 @@ class DtlsEndpoint:
         With ``other_datagrams=N``, datagrams whose first byte is not in
         DTLS's range (RFC 7983: 0-3 STUN, 128-191 RTP and RTCP, ...) wait
         here, up to ``N`` of them, whoever sent them; the address is
-        normalised like ``conn.peer_address``. DTLS peers are never slowed
+        normalised like ``conn.peer_address``. ``data`` is never empty (an
+        empty datagram has no first byte and is counted as junk, so
+        ``data[0]`` is always safe). DTLS peers are never slowed
         by them: when the inbox is full, new ones are dropped and counted
         (``statistics().other_dropped``).
 
