@@ -3,6 +3,9 @@ go to receive_other(), and send_other() sends them in order with DTLS."""
 
 from __future__ import annotations
 
+import socket
+from typing import Any
+
 import pytest
 import trio
 import trio.testing
@@ -109,3 +112,64 @@ async def test_send_other_refuses_what_would_look_like_dtls(
         assert ep.statistics().datagrams_out == 0
     with pytest.raises(trio.ClosedResourceError):
         await ep.send_other(STUN, SERVER)
+
+
+async def test_an_empty_datagram_is_junk_not_other(
+    autojump_clock: trio.testing.MockClock, server_ctx: SSL.Context
+) -> None:
+    # It has no first byte to demultiplex by; an application that reads
+    # data[0] (as RFC 7983's demultiplexer does) must never be handed one.
+    net = FakeNetwork()
+    async with DtlsEndpoint(
+        await fake_socket(net, *SERVER), server_context=server_ctx, other_datagrams=4
+    ) as server:
+        stranger = await fake_socket(net, *STRANGER)
+        await stranger.sendto(b"", SERVER)
+        await stranger.sendto(STUN, SERVER)
+        assert await server.receive_other() == (STUN, STRANGER)
+        stats = server.statistics()
+        assert (stats.junk_dropped, stats.other_received) == (1, 1)
+
+
+class _Names(trio.abc.HostnameResolver):
+    """A resolver that knows one name, so no test depends on real DNS."""
+
+    async def getaddrinfo(
+        self,
+        host: bytes | None,
+        port: bytes | str | int | None,
+        family: int = 0,
+        type: int = 0,
+        proto: int = 0,
+        flags: int = 0,
+    ) -> list[Any]:
+        if host != b"stun.example":
+            raise socket.gaierror(socket.EAI_NONAME, "unknown name")
+        return [(socket.AF_INET, socket.SOCK_DGRAM, 17, "", (SERVER[0], int(port or 0)))]
+
+    async def getnameinfo(self, sockaddr: tuple[Any, ...], flags: int) -> tuple[str, str]:
+        raise NotImplementedError  # pragma: no cover
+
+
+async def test_send_other_resolves_names_like_connect(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    # A STUN server is usually known by name. Before, the name went to the
+    # socket's own sendto, which resolves it with a blocking lookup.
+    net = FakeNetwork()
+    previous = trio.socket.set_custom_hostname_resolver(_Names())
+    try:
+        async with DtlsEndpoint(await fake_socket(net, *CLIENT)) as ep:
+            server = await fake_socket(net, *SERVER)
+            await ep.send_other(STUN, ("stun.example", SERVER[1]))
+            with trio.fail_after(1):
+                assert await server.recvfrom(2048) == (STUN, CLIENT)
+            with pytest.raises(OSError, match="resolve"):
+                await ep.send_other(STUN, ("nowhere.example", 3478))
+            with pytest.raises(ValueError, match="port"):
+                await ep.send_other(STUN, (SERVER[0], "4433"))  # type: ignore[arg-type]
+            with pytest.raises(ValueError, match="host"):
+                await ep.send_other(STUN, (None, 4433))  # type: ignore[arg-type]
+            assert ep.statistics().datagrams_out == 1
+    finally:
+        trio.socket.set_custom_hostname_resolver(previous)

@@ -437,6 +437,46 @@ async def test_howto_webrtc(autojump_clock: trio.testing.MockClock, net: FakeNet
     assert keys.local_key != keys.remote_key
 
 
+async def test_howto_webrtc_media_on_the_same_socket(
+    autojump_clock: trio.testing.MockClock, net: FakeNetwork
+) -> None:
+    # Two peers, each one DtlsEndpoint: STUN, DTLS and SRTP on one socket.
+    howto = load("howto_webrtc")
+    offerer, answerer = trio_dtlsmux.self_signed("a"), trio_dtlsmux.self_signed("b")
+    a, b = (LOCAL, 5000), ("127.0.0.2", 6000)
+    sent = {
+        name: [howto.rtp_packet(ssrc, n, n * 960, b"%s %d" % (name, n)) for n in range(50)]
+        for name, ssrc in ((b"a", 0xA), (b"b", 0xB))
+    }
+    reports: dict[bytes, Any] = {}
+
+    async def side(name: bytes, sock: FakeSocket, *args: Any) -> None:
+        reports[name] = await howto.one_side(sock, *args, sent[name])
+
+    sock_a, sock_b = await fake_udp(net, *a), await fake_udp(net, *b)
+    net.tracing = True
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            # The answer said a=setup:active: the answerer is the DTLS client.
+            nursery.start_soon(
+                side, b"a", sock_a, offerer, howto.Remote(b, answerer.fingerprint, False)
+            )
+            nursery.start_soon(
+                side, b"b", sock_b, answerer, howto.Remote(a, offerer.fingerprint, True)
+            )
+    assert reports[b"a"].received == sent[b"b"]
+    assert reports[b"b"].received == sent[b"a"]
+    assert (reports[b"a"].seen_as, reports[b"b"].seen_as) == (a, b)
+    for report in reports.values():
+        assert report.dtls_messages == [b"keys ready", b"bye"]
+        assert report.dropped == {}
+    # On the wire: SRTP, never the RTP that was sent; 10 bytes longer (the tag).
+    media = [p.payload for p in net.trace if howto.kind_of(p.payload) == "rtp"]
+    assert len(media) == 100
+    assert not set(media) & set(sent[b"a"] + sent[b"b"])
+    assert {len(p) for p in media} == {len(p) + 10 for p in sent[b"a"] + sent[b"b"]}
+
+
 async def test_howto_tuning(net: FakeNetwork) -> None:
     howto = load("howto_tuning")
     context = trio_dtlsmux.server_context(trio_dtlsmux.self_signed())

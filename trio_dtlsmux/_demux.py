@@ -195,9 +195,10 @@ class Demux:
         """One datagram from ``address``: returns the replies to it, and events."""
         # recvfrom reports IPv4 peers as (host, port) already.
         key = address if len(address) == 2 else normalize_address(address)
-        if self._demultiplex and not rec.is_dtls(data):
+        if self._demultiplex and data and not rec.is_dtls(data):
             # RFC 7983: STUN, RTP and RTCP share the socket (and the peer's
-            # address) with DTLS; the first byte tells them apart.
+            # address) with DTLS; the first byte tells them apart. An empty
+            # datagram has no first byte: it is nobody's, and junk.
             self.counters.other_received += 1
             return [], [OtherReceived(data, key)]
         association = self._table.get(key)

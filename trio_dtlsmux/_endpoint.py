@@ -299,7 +299,9 @@ class DtlsEndpoint:
         With ``other_datagrams=N``, datagrams whose first byte is not in
         DTLS's range (RFC 7983: 0-3 STUN, 128-191 RTP and RTCP, ...) wait
         here, up to ``N`` of them, whoever sent them; the address is
-        normalised like ``conn.peer_address``. DTLS peers are never slowed
+        normalised like ``conn.peer_address``. ``data`` is never empty (an
+        empty datagram has no first byte and is counted as junk, so
+        ``data[0]`` is always safe). DTLS peers are never slowed
         by them: when the inbox is full, new ones are dropped and counted
         (``statistics().other_dropped``).
 
@@ -326,12 +328,15 @@ class DtlsEndpoint:
 
         It is sent as it is: nothing is encrypted or checked but its type
         and that its first byte is not DTLS's, so that the peer's endpoint
-        does not take it for a DTLS record (RFC 7983).
+        does not take it for a DTLS record (RFC 7983). ``address`` is
+        ``(host, port)`` as for :meth:`connect`: a name (a STUN server's,
+        say) is resolved with ``trio.socket.getaddrinfo``.
 
         Raises:
           TypeError: ``data`` is not bytes-like.
           ValueError: ``data`` is empty or starts like DTLS (20-63), or
             ``address`` is not a ``(host, port)`` tuple.
+          OSError: the host name does not resolve.
           trio.ClosedResourceError: the endpoint is closed.
         """
         await trio.lowlevel.checkpoint_if_cancelled()
@@ -349,8 +354,17 @@ class DtlsEndpoint:
             )
         if not isinstance(address, tuple) or len(address) < 2:
             raise ValueError(f"address must be a (host, port) tuple, not {address!r}")
+        host, port = address[0], address[1]
+        if not isinstance(host, str) or not host:
+            raise ValueError(f"host must be a non-empty string, not {host!r}")
+        if isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536:
+            raise ValueError(f"port must be an integer from 1 to 65535, not {port!r}")
         self._check_open()
-        await self._transport.send([datagram], address)
+        # Never hand a name to the socket: its sendto would resolve it with a
+        # blocking lookup, inside Trio's loop.
+        key = await self._resolve(address)
+        self._check_open()
+        await self._transport.send([datagram], key)
         await trio.lowlevel.cancel_shielded_checkpoint()
 
     async def serve(
