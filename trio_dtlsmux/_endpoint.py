@@ -71,6 +71,18 @@ if sys.version_info < (3, 11):  # pragma: no cover
 __all__ = ["DtlsEndpoint"]
 
 
+def _check_address(address: object) -> str:
+    """A ``(host, port)`` tuple from the caller, checked; returns the host."""
+    if not isinstance(address, tuple) or len(address) < 2:
+        raise ValueError(f"address must be a (host, port) tuple, not {address!r}")
+    host, port = address[0], address[1]
+    if not isinstance(host, str) or not host:
+        raise ValueError(f"host must be a non-empty string, not {host!r}")
+    if isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536:
+        raise ValueError(f"port must be an integer from 1 to 65535, not {port!r}")
+    return host
+
+
 class _Peer:
     """The Trio layer's side of one peer; its connection's ``PeerLink``."""
 
@@ -352,13 +364,7 @@ class DtlsEndpoint:
                 f"a datagram whose first byte is {datagram[0]} (20-63) is DTLS "
                 "to the peer (RFC 7983); send DTLS through a DtlsConnection"
             )
-        if not isinstance(address, tuple) or len(address) < 2:
-            raise ValueError(f"address must be a (host, port) tuple, not {address!r}")
-        host, port = address[0], address[1]
-        if not isinstance(host, str) or not host:
-            raise ValueError(f"host must be a non-empty string, not {host!r}")
-        if isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536:
-            raise ValueError(f"port must be an integer from 1 to 65535, not {port!r}")
+        _check_address(address)
         self._check_open()
         # Never hand a name to the socket: its sendto would resolve it with a
         # blocking lookup, inside Trio's loop.
@@ -459,13 +465,7 @@ class DtlsEndpoint:
             raise TypeError(
                 f"context must be an OpenSSL.SSL.Context, not {type(context).__name__}"
             )
-        if not isinstance(address, tuple) or len(address) < 2:
-            raise ValueError(f"address must be a (host, port) tuple, not {address!r}")
-        host, port = address[0], address[1]
-        if not isinstance(host, str) or not host:
-            raise ValueError(f"host must be a non-empty string, not {host!r}")
-        if isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536:
-            raise ValueError(f"port must be an integer from 1 to 65535, not {port!r}")
+        host = _check_address(address)
         if server_hostname is True:
             raise ValueError("server_hostname must be a name, None or False")
         offered = None if session is None else session_from_bytes(session, context)
