@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import os
 import selectors
 import socket
@@ -23,6 +24,7 @@ import time
 from collections.abc import Callable, Iterator
 
 from OpenSSL import SSL
+from OpenSSL._util import lib as _ssl_lib
 
 from benchmarks import certs
 from benchmarks.engine import MTU
@@ -81,6 +83,28 @@ def cpu_times(pid: int | None) -> tuple[float, float] | None:
     return int(on_cpu) / 1e9, int(waiting) / 1e9
 
 
+_CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def process_cpu_seconds(pid: int | None) -> float | None:
+    """CPU seconds that process ``pid`` has used so far, all its threads, in
+    user and kernel mode (utime + stime of ``/proc/<pid>/stat``, in clock
+    ticks of 10 ms); None where the kernel does not tell."""
+    if pid is None:
+        return None
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            text = stat.read()
+    except OSError:
+        return None
+    # The command name, in parentheses, may hold spaces: count from its end.
+    fields = text[text.rfind(")") + 2 :].split()
+    try:
+        return (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS
+    except (IndexError, ValueError):
+        return None
+
+
 @dataclasses.dataclass
 class CpuUse:
     """Where the time of a measurement went, as fractions of its wall time.
@@ -95,6 +119,11 @@ class CpuUse:
     server_wait: float | None = None
     load: float | None = None
     load_wait: float | None = None
+    # The same span in seconds: wall time, and the server's CPU time by
+    # /proc/<pid>/stat (utime + stime, whole process, 10 ms resolution),
+    # which the per-handshake CPU figures divide.
+    wall_seconds: float | None = None
+    server_seconds: float | None = None
 
 
 class CpuMeter:
@@ -109,10 +138,12 @@ class CpuMeter:
     def start(self) -> None:
         self._wall = time.perf_counter()
         self._before = [cpu_times(pid) for pid in self._pids]
+        self._server_before = process_cpu_seconds(self._pids[0])
 
     def stop(self) -> None:
         wall = time.perf_counter() - self._wall
         after = [cpu_times(pid) for pid in self._pids]
+        server_after = process_cpu_seconds(self._pids[0])
         fractions: list[float | None] = []
         for first, last in zip(self._before, after, strict=True):
             if first is None or last is None or wall <= 0:
@@ -120,6 +151,9 @@ class CpuMeter:
             else:
                 fractions += [(last[0] - first[0]) / wall, (last[1] - first[1]) / wall]
         self.use = CpuUse(*fractions)
+        self.use.wall_seconds = wall
+        if self._server_before is not None and server_after is not None:
+            self.use.server_seconds = server_after - self._server_before
 
 
 # ----------------------------------------------------------------- sampling
@@ -149,6 +183,8 @@ class Sampler:
         self.max_warmup = max_warmup
         self.cpu = cpu
         self.rates: list[float] = []
+        # the count that the samples span, warm-up excluded
+        self.sampled = 0
         self.warmup_seconds = 0.0
         self.now = self._started = time.perf_counter()
         self._sample_start: float | None = None
@@ -167,6 +203,7 @@ class Sampler:
         if elapsed < self.sample_seconds:
             return False
         self.rates.append((count - self._sample_count) / elapsed)
+        self.sampled += count - self._sample_count
         self._sample_start, self._sample_count = now, count
         if len(self.rates) < self.samples:
             return False
@@ -232,23 +269,54 @@ class DtlsPeer(UdpPeer):
 # --------------------------------------------------------------- handshakes
 
 
+@functools.cache
+def client_context() -> SSL.Context:
+    """The one client context of the load generator.
+
+    One for all, because OpenSSL offers a session only on a connection made
+    from the context that made it.
+    """
+    return certs.client_context()
+
+
 class ClientHandshake:
     """One DTLS 1.2 client handshake on its own socket, driven by hand.
 
     OpenSSL answers the HelloVerifyRequest itself and keeps the retransmission
     timer (1 s, doubling), which :meth:`retransmit` applies: a lost datagram
     costs time, not the run.
+
+    With a ``session`` (from an earlier handshake's ``get_session()``) the
+    client offers it, so that the server can resume it in an abbreviated
+    handshake; :meth:`resumed` says whether it did. Unless ``start`` is False
+    the first flight goes out at once; otherwise :meth:`start` sends it.
     """
 
-    def __init__(self, sock: socket.socket, ctx: SSL.Context) -> None:
+    def __init__(
+        self,
+        sock: socket.socket,
+        ctx: SSL.Context,
+        session: SSL.Session | None = None,
+        *,
+        start: bool = True,
+    ) -> None:
         self.sock = sock
         self.conn = SSL.Connection(ctx, None)
         self.conn.set_connect_state()
         self.conn.set_ciphertext_mtu(MTU)
+        if session is not None:
+            self.conn.set_session(session)
         self.started = time.perf_counter()
         # time.monotonic() when this client last sent a datagram: the server
         # cannot have heard from it any later.
         self.last_sent_at = 0.0
+        self.done = False
+        if start:
+            self.start()
+
+    def start(self) -> None:
+        """Send the first ClientHello."""
+        self.started = time.perf_counter()
         self.done = self._advance()
 
     def _advance(self) -> bool:
@@ -286,6 +354,41 @@ class ClientHandshake:
     def peer(self) -> DtlsPeer:
         return DtlsPeer(self.sock, self.conn)
 
+    def resumed(self) -> bool:
+        """Whether the handshake was abbreviated: the server resumed the
+        session this client offered (``SSL_session_reused``)."""
+        return bool(_ssl_lib.SSL_session_reused(self.conn._ssl))
+
+    def session(self) -> SSL.Session:
+        """The session to offer next time; call :meth:`abandon` or
+        :meth:`close` afterwards, so that freeing this connection cannot
+        spoil it."""
+        session = self.conn.get_session()
+        if session is None:
+            raise RuntimeError("the handshake left no session")
+        return session
+
+    def abandon(self) -> None:
+        """Drop the peer without a word: close the socket, send nothing.
+
+        OpenSSL marks a session that is freed with its connection before a
+        shutdown as not resumable, and the client's session object is the
+        one :meth:`session` handed out; flagging the shutdown as sent
+        (without sending it) keeps that session good for the next
+        handshake.
+        """
+        self.conn.set_shutdown(SSL.SENT_SHUTDOWN)
+        self.sock.close()
+
+    def close(self) -> None:
+        """End the connection cleanly: send close_notify, close the socket."""
+        try:
+            self.conn.shutdown()
+            self._flush()
+        except (SSL.Error, OSError):
+            pass
+        self.sock.close()
+
 
 class HandshakePool:
     """Up to ``concurrency`` client handshakes at once, one socket each, all
@@ -296,15 +399,24 @@ class HandshakePool:
     """
 
     def __init__(
-        self, address: Address, concurrency: int, *, attempt_timeout: float = 5.0
+        self,
+        address: Address,
+        concurrency: int,
+        *,
+        attempt_timeout: float = 5.0,
+        session: SSL.Session | None = None,
     ) -> None:
         self.address = address
         self.concurrency = concurrency
         self.attempt_timeout = attempt_timeout
-        self.ctx = certs.client_context()
+        self.ctx = client_context()
+        # offered by every handshake this pool starts
+        self.session = session
         self.selector = selectors.DefaultSelector()
         self.running: set[ClientHandshake] = set()
         self.started = self.completed = self.failed = 0
+        # completed handshakes that resumed the offered session
+        self.resumed = 0
         self.errors: list[str] = []
         self._next_check = time.perf_counter() + _TICK
 
@@ -321,7 +433,9 @@ class HandshakePool:
         """Start handshakes until ``concurrency`` run or ``limit`` have started."""
         while len(self.running) < self.concurrency and self.started < limit:
             self.started += 1
-            handshake = ClientHandshake(client_socket(self.address), self.ctx)
+            handshake = ClientHandshake(
+                client_socket(self.address), self.ctx, self.session
+            )
             self.running.add(handshake)
             self.selector.register(handshake.sock, selectors.EVENT_READ, handshake)
 
@@ -338,6 +452,8 @@ class HandshakePool:
                 if handshake.receive():
                     self._remove(handshake)
                     self.completed += 1
+                    if self.session is not None and handshake.resumed():
+                        self.resumed += 1
                     completed.append(handshake)
             except (SSL.Error, OSError) as exc:
                 self._fail(handshake, exc)
@@ -417,9 +533,36 @@ class HandshakeResult:
     rates: list[float]
     completed: int = 0
     failed: int = 0
+    # handshakes completed within the sampling windows, which ``cpu`` spans
+    sampled: int = 0
+    # with ``resume``: how many of ``completed`` the server really resumed
+    resumed: int = 0
     warmup_seconds: float = 0.0
     errors: list[str] = dataclasses.field(default_factory=list)
     cpu: CpuUse = dataclasses.field(default_factory=CpuUse)
+
+    @property
+    def server_cpu_per_handshake(self) -> float | None:
+        """Server CPU seconds per handshake completed in the sampling windows."""
+        spent = self.cpu.server_seconds
+        if spent is None or not self.sampled:
+            return None
+        return spent / self.sampled
+
+
+def first_session(address: Address, *, timeout: float = 10.0) -> SSL.Session:
+    """One full handshake with the server at ``address``; its session."""
+    deadline = time.perf_counter() + timeout
+    with HandshakePool(address, 1, attempt_timeout=timeout) as pool:
+        pool.fill()
+        while time.perf_counter() < deadline and pool.running:
+            for handshake in pool.poll(_TICK):
+                session = handshake.session()
+                handshake.abandon()
+                return session
+    raise RuntimeError(
+        f"no session: {pool.errors[0] if pool.errors else 'handshake timed out'}"
+    )
 
 
 def handshake_run(
@@ -431,6 +574,7 @@ def handshake_run(
     server_pid: int | None,
     max_warmup: float = 5.0,
     attempt_timeout: float = 5.0,
+    resume: bool = False,
 ) -> HandshakeResult:
     """``concurrency`` handshakes at all times, each a fresh peer.
 
@@ -438,20 +582,29 @@ def handshake_run(
     sent) as soon as its handshake completes. The run warms up until as many
     handshakes as the concurrency have ended (with 50 at once the first round
     alone takes a while), then takes ``samples`` consecutive rate samples.
+
+    With ``resume``, one full handshake first gets a session, and every
+    handshake of the run offers it: the server may resume it (session ID or
+    ticket) in an abbreviated handshake; ``resumed`` counts those it did.
     """
+    session = first_session(address, timeout=attempt_timeout) if resume else None
     sampler = Sampler(samples, sample_seconds, max_warmup, CpuMeter(server_pid))
-    with HandshakePool(address, concurrency, attempt_timeout=attempt_timeout) as pool:
+    with HandshakePool(
+        address, concurrency, attempt_timeout=attempt_timeout, session=session
+    ) as pool:
         pool.fill()
         while not sampler.update(
             pool.completed, pool.completed + pool.failed >= concurrency
         ):
             for handshake in pool.poll(_TICK):
-                handshake.sock.close()
+                handshake.abandon()
             pool.fill()
     return HandshakeResult(
         rates=sampler.rates,
         completed=pool.completed,
         failed=pool.failed,
+        sampled=sampler.sampled,
+        resumed=pool.resumed,
         warmup_seconds=sampler.warmup_seconds,
         errors=pool.errors,
         cpu=sampler.cpu.use,

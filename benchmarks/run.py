@@ -90,6 +90,7 @@ def main(argv: list[str] | None = None) -> int:
         for server in servers.values():
             server.close()
     scenarios.engine_speed(bench, "after the servers")
+    scenarios.zero_overhead_rows(bench)
     scenarios.engine_memory(bench)
     scenarios.memory_scenario(bench)
     scenarios.reaping_scenario(bench)
