@@ -89,6 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         for server in servers.values():
             server.close()
+    scenarios.storm_scenario(bench)
     scenarios.engine_speed(bench, "after the servers")
     scenarios.zero_overhead_rows(bench)
     scenarios.engine_memory(bench)

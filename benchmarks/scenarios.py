@@ -30,6 +30,7 @@ MEMORY = "3. memory per established idle peer"
 FLOOD = "4. cookie-less ClientHello flood"
 REAPING = "5. idle reaping (dtlsmux only)"
 HANDSHAKE_CPU = "6. server CPU per handshake"
+STORM = "7. handshake storm"
 
 ENGINE = "engine"
 OURS = "dtlsmux"
@@ -78,6 +79,13 @@ class Settings:
     echo_peers: tuple[int, ...] = (1, 100)
     echo_windows: tuple[int, ...] = (1, 32)
     handshake_concurrency: tuple[int, ...] = (1, 50)
+    # Clients of each handshake storm, and the longest a storm may last:
+    # a client still handshaking then counts as wedged.
+    storm_clients: int = 10_000
+    storm_time_limit: float = 90.0
+    storm_echo_peers: int = 100
+    # How long the echo peers echo alone, to measure what that costs.
+    storm_quiet_seconds: float = 1.0
     flood_sources: int = 16
     flood_window: int = 8
     idle_timeout: float = 1.0
@@ -106,8 +114,11 @@ class Settings:
                 reap_cost_peers=(100, 300),
                 max_idle_timeout=3.0,
                 establish_timeout=5.0,
-                budget=58.0,
+                budget=85.0,
                 connect_timeout=10.0,
+                storm_clients=1000,
+                storm_time_limit=10.0,
+                storm_quiet_seconds=0.3,
             )
         return cls(
             quick=False,
@@ -704,6 +715,201 @@ def flood_scenario(bench: Bench, servers: dict[str, ServerProcess]) -> None:
     for rows in (rate_rows, amp_rows):
         for row in rows.values():
             _log_row(row)
+
+
+# ------------------------------------------------------------ handshake storm
+
+
+def storm_case(kind: str, clients: int) -> str:
+    return f"{kind}, storm of {clients:,} clients"
+
+
+def _descriptor_limit() -> int | None:
+    try:
+        import resource
+
+        return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    except (ImportError, OSError, ValueError):
+        return None
+
+
+def storm_scenario(bench: Bench) -> None:
+    """Many clients start a handshake at the same instant, first without a
+    session and then offering the one they got, against a fresh server with
+    its default options, while established peers keep echoing.
+
+    Each target gets its own fresh server; both are up at once and take
+    turns (full storms, then resumed storms), as in the other scenarios.
+    """
+    s = bench.settings
+    clients = s.storm_clients
+    secure = [n for n in ORDER if bench.targets[n].secure]
+    bench.skip_unavailable(STORM, secure)
+    names = bench.available(secure)
+    # One socket per client, per echo peer, and some to spare.
+    needed = clients + s.storm_echo_peers + 100
+    limit = _descriptor_limit()
+    if limit is not None and limit != -1 and limit < needed:
+        for name in names:
+            bench.skip(
+                STORM,
+                "all cases",
+                name,
+                f"needs {needed:,} open files, limit {limit:,}",
+            )
+        return
+    with contextlib.ExitStack() as stack:
+        servers: dict[str, ServerProcess] = {}
+        starting: dict[str, ServerProcess] = {}
+        for name in names:
+            config = ServerConfig(name, defaults=True)
+            starting[name] = ServerProcess(config, bench.server_cpus)
+            stack.callback(starting[name].close)
+        probes: dict[str, load.EchoProbe] = {}
+        echo_costs: dict[str, float | None] = {}
+        for name, server in starting.items():
+            try:
+                server.wait_ready()
+                peers = stack.enter_context(
+                    load.open_peers(
+                        server.address,
+                        s.storm_echo_peers,
+                        secure=True,
+                        connect_within=s.connect_timeout,
+                    )
+                )
+            except Exception as exc:
+                bench.skip(STORM, "all cases", name, describe(exc))
+                continue
+            servers[name] = server
+            probes[name] = load.EchoProbe(peers.peers)
+            stack.callback(probes[name].close)
+            # What the echo costs the server by itself, to say how much of
+            # the CPU per handshake in a storm is the echo's.
+            echo_costs[name] = probes[name].cost(s.storm_quiet_seconds, server.pid)
+            log(
+                f"storm: {name} server pid {server.pid} (default options), "
+                f"{len(peers.peers)} echo peers"
+            )
+        sessions: dict[str, list[Any]] = {}
+        for kind in (FULL, RESUMED):
+            for name in list(servers):
+                if kind == RESUMED and not sessions.get(name):
+                    bench.skip(STORM, storm_case(kind, clients), name, "no sessions")
+                    continue
+                log(f"storm: {name}: {clients:,} clients, {kind} handshakes")
+                try:
+                    server = servers[name]
+                    server.check_alive()
+                    before = server.request("stats").get("stats") or {}
+                    result, sessions[name] = load.storm(
+                        server.address,
+                        clients,
+                        server_pid=server.pid,
+                        probe=probes[name],
+                        sessions=sessions.get(name) if kind == RESUMED else None,
+                        time_limit=s.storm_time_limit,
+                    )
+                    after = server.request("stats").get("stats") or {}
+                except Exception as exc:
+                    bench.skip(STORM, storm_case(kind, clients), name, describe(exc))
+                    continue
+                _storm_rows(bench, name, kind, result, before, after, echo_costs[name])
+
+
+def _storm_rows(
+    bench: Bench,
+    name: str,
+    kind: str,
+    result: load.StormResult,
+    before: dict[str, Any],
+    after: dict[str, Any],
+    echo_cost: float | None,
+) -> None:
+    clients = result.clients
+    case = storm_case(kind, clients)
+    refs = (
+        {}
+        if name != OURS
+        else {"trio_dtls": (f"{case}: time to the last", "trio_dtls")}
+    )
+    raw = dataclasses.asdict(result) | {
+        "stats_before": before,
+        "stats_after": after,
+        "echo_cpu_per_round_trip": echo_cost,
+    }
+    notes = [f"{result.completed:,}/{clients:,} done"]
+    if result.failed:
+        notes.append(
+            f"{result.failed:,} failed"
+            + (f" ({result.errors[0]})" if result.errors else "")
+        )
+    if result.wedged:
+        notes.append(f"{result.wedged:,} WEDGED")
+    if kind == RESUMED and result.completed:
+        notes.append(f"{result.resumed / result.completed:.0%} resumed")
+    notes.append(f"median {result.median_seconds:.2f} s")
+    notes.append(f"launch {result.launch_seconds:.2f} s")
+    notes.append(f"{result.retransmissions:,} client resends")
+    dropped = after.get("hellos_dropped_limits")
+    if isinstance(dropped, int):
+        dropped -= before.get("hellos_dropped_limits", 0)
+        notes.append(f"{dropped:,} hellos over max_handshakes")
+    timing = Row(
+        STORM,
+        f"{case}: time to the last",
+        name,
+        "s",
+        samples=[] if math.isnan(result.last_seconds) else [result.last_seconds],
+        refs=refs,
+        note="; ".join(notes),
+        raw=[raw],
+    )
+    _note_cpu(timing, [result.cpu])
+    _log_row(bench.report.add(timing))
+
+    echo_notes = [
+        f"p50 {result.echo_p50_ms:.1f}, max {result.echo_max_ms:.0f} ms",
+        f"{result.echo_round_trips:,} round trips",
+        f"{result.echo_lost} lost" if result.echo_lost else "none lost",
+        "goal < 100 ms",
+    ]
+    echo_case_name = f"{case}: echo p99, {result.echo_peers} peers"
+    _log_row(
+        bench.report.add(
+            Row(
+                STORM,
+                echo_case_name,
+                name,
+                "ms",
+                samples=[] if math.isnan(result.echo_p99_ms) else [result.echo_p99_ms],
+                refs={}
+                if name != OURS
+                else {"trio_dtls": (echo_case_name, "trio_dtls")},
+                note="; ".join(echo_notes),
+            )
+        )
+    )
+
+    cpu_row = _cpu_row(bench, name, kind, case)
+    per_handshake = result.server_cpu_per_handshake
+    if per_handshake is not None:
+        cpu_row.samples = [per_handshake * 1e6]
+    cpu_row.raw = [
+        {"server_seconds": result.cpu.server_seconds, "handshakes": result.completed}
+    ]
+    _note_cpu(cpu_row, [result.cpu])
+    notes = [
+        f"{result.completed:,} handshakes, each with its close_notify",
+        f"{result.echo_round_trips:,} echo round trips",
+    ]
+    if echo_cost is not None and result.completed:
+        share = result.echo_round_trips * echo_cost / result.completed
+        notes[-1] += f" (~{share * 1e6:.0f} us/hs at their cost before the storm)"
+    if result.wedged:
+        notes.append(f"{result.wedged:,} wedged: window runs to the time limit")
+    cpu_row.note = "; ".join(notes)
+    _log_row(cpu_row)
 
 
 # ----------------------------------------------------------- memory per peer
