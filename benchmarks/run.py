@@ -60,7 +60,9 @@ def main(argv: list[str] | None = None) -> int:
         "and the bare OpenSSL engine, all measured in this run.",
     )
     parser.add_argument(
-        "--quick", action="store_true", help="short phases, fewer peers (< 60 s)"
+        "--quick",
+        action="store_true",
+        help="short phases, fewer peers (about a minute)",
     )
     parser.add_argument(
         "--json", metavar="PATH", help="also write all raw numbers here"
