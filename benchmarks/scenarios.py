@@ -900,14 +900,16 @@ def _storm_rows(
     ]
     _note_cpu(cpu_row, [result.cpu])
     notes = [
-        f"{result.completed:,} handshakes, each with its close_notify",
+        f"{result.completed:,} handshakes, each with its close_notify"
+        if result.completed
+        else "no handshake completed",
         f"{result.echo_round_trips:,} echo round trips",
     ]
     if echo_cost is not None and result.completed:
         share = result.echo_round_trips * echo_cost / result.completed
         notes[-1] += f" (~{share * 1e6:.0f} us/hs at their cost before the storm)"
     if result.wedged:
-        notes.append(f"{result.wedged:,} wedged: window runs to the time limit")
+        notes.append(f"{result.wedged:,} wedged, left out")
     cpu_row.note = "; ".join(notes)
     _log_row(cpu_row)
 
