@@ -10,6 +10,7 @@ under any Python DTLS server. Each measurement runs in a fresh process (see
 from __future__ import annotations
 
 import gc
+import hmac
 import multiprocessing
 import os
 import time
@@ -19,6 +20,7 @@ from multiprocessing.connection import Connection
 from typing import Any, TypeVar
 
 from OpenSSL import SSL
+from OpenSSL._util import lib as _ssl_lib
 
 from benchmarks import certs
 from benchmarks.server import rss_bytes
@@ -30,10 +32,17 @@ MTU = 1400
 
 
 class _Pair:
-    def __init__(self, client_ctx: SSL.Context, server_ctx: SSL.Context) -> None:
+    def __init__(
+        self,
+        client_ctx: SSL.Context,
+        server_ctx: SSL.Context,
+        session: SSL.Session | None = None,
+    ) -> None:
         self.client = SSL.Connection(client_ctx, None)
         self.client.set_connect_state()
         self.client.set_ciphertext_mtu(MTU)
+        if session is not None:
+            self.client.set_session(session)
         self.server = SSL.Connection(server_ctx, None)
         self.server.set_accept_state()
         self.server.set_ciphertext_mtu(MTU)
@@ -49,6 +58,15 @@ class _Pair:
             if client_done and server_done:
                 return
         raise RuntimeError("in-memory handshake did not finish")
+
+    def resumed_handshake(self) -> None:
+        """:meth:`handshake`, then keep the client's session resumable."""
+        self.handshake()
+        if not _session_reused(self.client):
+            raise RuntimeError("the server did not resume the session")
+        # OpenSSL marks a session not resumable when a connection that used
+        # it is freed before a shutdown; flag one (nothing is sent).
+        self.client.set_shutdown(SSL.SENT_SHUTDOWN)
 
     def direct_round_trip(self, payload: bytes) -> None:
         """The same echo through trio_dtlsmux's record path: OpenSSL's C
@@ -96,6 +114,21 @@ def _contexts() -> tuple[SSL.Context, SSL.Context]:
     return certs.client_context(), certs.server_context(cert, key)
 
 
+def _session_reused(conn: SSL.Connection) -> bool:
+    return bool(_ssl_lib.SSL_session_reused(conn._ssl))
+
+
+def _first_session(client_ctx: SSL.Context, server_ctx: SSL.Context) -> SSL.Session:
+    """A session from one full handshake, still resumable."""
+    pair = _Pair(client_ctx, server_ctx)
+    pair.handshake()
+    session = pair.client.get_session()
+    if session is None:
+        raise RuntimeError("the handshake left no session")
+    pair.client.set_shutdown(SSL.SENT_SHUTDOWN)
+    return session
+
+
 def _rate(action: Any, duration: float) -> float:
     """How many times per second ``action()`` runs, over about ``duration`` s."""
     count = 0
@@ -121,6 +154,15 @@ def measure_speed(
         results["handshakes_per_s"].append(
             _rate(lambda: _Pair(client_ctx, server_ctx).handshake(), duration)
         )
+    session = _first_session(client_ctx, server_ctx)
+    results["resumed_handshakes_per_s"] = [
+        _rate(
+            lambda: _Pair(client_ctx, server_ctx, session).resumed_handshake(),
+            duration,
+        )
+        for _ in range(repetitions)
+    ]
+    results.update(measure_server_half(duration, repetitions))
     pair = _Pair(client_ctx, server_ctx)
     pair.handshake()
     for size in sizes:
@@ -140,6 +182,168 @@ def measure_speed(
             _rate(lambda p=payload: pair.direct_round_trip(p), duration)
             for _ in range(repetitions)
         ]
+    return results
+
+
+# ----------------------------------------------------- the server half's CPU
+
+
+def _cookie_contexts() -> tuple[SSL.Context, SSL.Context]:
+    """Contexts whose server answers a ClientHello without a cookie with a
+    HelloVerifyRequest, as every server under test does.
+
+    OpenSSL makes the HelloVerifyRequest itself here (``DTLSv1_listen``);
+    the cookie is an HMAC-SHA256 computed in Python, as trio_dtlsmux and
+    trio compute theirs, once to make it and once to check it. There is no
+    peer address in memory, so the cookie covers a fixed one.
+    """
+    client_ctx, server_ctx = _contexts()
+    secret = os.urandom(32)
+
+    def make_cookie(conn: SSL.Connection) -> bytes:
+        return hmac.digest(secret, b"127.0.0.1:4433", "sha256")
+
+    def check_cookie(conn: SSL.Connection, cookie: bytes) -> bool:
+        return hmac.compare_digest(cookie, make_cookie(conn))
+
+    server_ctx.set_cookie_generate_callback(make_cookie)
+    server_ctx.set_cookie_verify_callback(check_cookie)
+    return client_ctx, server_ctx
+
+
+def _drain(conn: SSL.Connection) -> list[bytes]:
+    datagrams = []
+    while True:
+        try:
+            datagrams.append(conn.bio_read(65536))
+        except SSL.WantReadError:
+            return datagrams
+
+
+def _clock_cost(clock: Callable[[], float]) -> float:
+    """What one interval between two clock readings adds by itself."""
+    count = 2000
+    total = 0.0
+    for _ in range(count):
+        start = clock()
+        total += clock() - start
+    return total / count
+
+
+def _split_handshake(
+    client_ctx: SSL.Context,
+    server_ctx: SSL.Context,
+    session: SSL.Session | None,
+    clock: Callable[[], float],
+) -> tuple[float, float, int, bool]:
+    """One in-memory handshake with the cookie exchange, each side's calls
+    timed on their own.
+
+    The server's time covers: making its ``SSL.Connection``, answering the
+    first ClientHello with a HelloVerifyRequest (``DTLSv1_listen``), taking
+    the second, ``do_handshake`` and ``bio_read`` of its flights, and
+    freeing it. Returns the server's time, the client's time, how many
+    intervals of ``clock`` each of them spans (the same number), and
+    whether the session was resumed.
+    """
+    server_time = client_time = 0.0
+    turns = 0
+    start = clock()
+    client = SSL.Connection(client_ctx, None)
+    client.set_connect_state()
+    client.set_ciphertext_mtu(MTU)
+    if session is not None:
+        client.set_session(session)
+    client_done = _step(client)
+    to_server = _drain(client)
+    now = clock()
+    client_time += now - start
+
+    start = now
+    server: SSL.Connection | None = SSL.Connection(server_ctx, None)
+    server.set_accept_state()
+    server.set_ciphertext_mtu(MTU)
+    now = clock()
+    server_time += now - start
+    listening = True
+    server_done = False
+    for _ in range(10):
+        start = clock()
+        for datagram in to_server:
+            server.bio_write(datagram)
+        if listening:
+            try:
+                server.DTLSv1_listen()
+                listening = False
+            except SSL.WantReadError:  # it sent a HelloVerifyRequest
+                pass
+        if not listening and not server_done:
+            server_done = _step(server)
+        to_client = _drain(server)
+        now = clock()
+        server_time += now - start
+        turns += 1
+
+        start = now
+        for datagram in to_client:
+            client.bio_write(datagram)
+        if not client_done:
+            client_done = _step(client)
+        to_server = _drain(client)
+        now = clock()
+        client_time += now - start
+        if client_done and server_done and not to_server:
+            break
+    else:
+        raise RuntimeError("in-memory handshake did not finish")
+    resumed = _session_reused(client)
+    start = clock()
+    server = None
+    now = clock()
+    server_time += now - start
+    start = now
+    client.set_shutdown(SSL.SENT_SHUTDOWN)  # keeps an offered session good
+    del client
+    client_time += clock() - start
+    # Both sides had one interval per turn, one to start and one to free.
+    return server_time, client_time, turns + 2, resumed
+
+
+def measure_server_half(duration: float, repetitions: int) -> dict[str, list[float]]:
+    """The CPU time of the *server half* of a handshake, full and resumed.
+
+    Client and server live in one process, and ``time.process_time()`` is
+    read around the server's calls only (the client's work is timed apart),
+    so the figure is what OpenSSL plus pyOpenSSL cost a server per handshake
+    when nothing else is done: the cookie exchange, the handshake, making
+    and freeing the connection. The clock's own cost per reading is measured
+    and taken off. ``repetitions`` samples of about ``duration`` s each;
+    microseconds per handshake.
+    """
+    clock = time.process_time
+    client_ctx, server_ctx = _cookie_contexts()
+    _split_handshake(client_ctx, server_ctx, None, clock)  # warm up
+    session = _first_session(client_ctx, server_ctx)
+    results: dict[str, list[float]] = {}
+    for kind, offered in (("full", None), ("resumed", session)):
+        for key in ("server", "client"):
+            results[f"{key}_half_{kind}_us"] = []
+        for _ in range(repetitions):
+            cost = _clock_cost(clock)
+            server_total = client_total = 0.0
+            count = 0
+            stop = time.perf_counter() + duration
+            while time.perf_counter() < stop or count < 8:
+                server, client, turns, resumed = _split_handshake(
+                    client_ctx, server_ctx, offered, clock
+                )
+                if offered is not None and not resumed:
+                    raise RuntimeError("the server did not resume the session")
+                server_total += server - turns * cost
+                client_total += client - turns * cost
+                count += 1
+            results[f"server_half_{kind}_us"].append(server_total / count * 1e6)
+            results[f"client_half_{kind}_us"].append(client_total / count * 1e6)
     return results
 
 

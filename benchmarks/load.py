@@ -16,6 +16,10 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
+import heapq
+import itertools
+import math
 import os
 import selectors
 import socket
@@ -23,6 +27,7 @@ import time
 from collections.abc import Callable, Iterator
 
 from OpenSSL import SSL
+from OpenSSL._util import lib as _ssl_lib
 
 from benchmarks import certs
 from benchmarks.engine import MTU
@@ -81,6 +86,28 @@ def cpu_times(pid: int | None) -> tuple[float, float] | None:
     return int(on_cpu) / 1e9, int(waiting) / 1e9
 
 
+_CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def process_cpu_seconds(pid: int | None) -> float | None:
+    """CPU seconds that process ``pid`` has used so far, all its threads, in
+    user and kernel mode (utime + stime of ``/proc/<pid>/stat``, in clock
+    ticks of 10 ms); None where the kernel does not tell."""
+    if pid is None:
+        return None
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            text = stat.read()
+    except OSError:
+        return None
+    # The command name, in parentheses, may hold spaces: count from its end.
+    fields = text[text.rfind(")") + 2 :].split()
+    try:
+        return (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS
+    except (IndexError, ValueError):
+        return None
+
+
 @dataclasses.dataclass
 class CpuUse:
     """Where the time of a measurement went, as fractions of its wall time.
@@ -95,6 +122,11 @@ class CpuUse:
     server_wait: float | None = None
     load: float | None = None
     load_wait: float | None = None
+    # The same span in seconds: wall time, and the server's CPU time by
+    # /proc/<pid>/stat (utime + stime, whole process, 10 ms resolution),
+    # which the per-handshake CPU figures divide.
+    wall_seconds: float | None = None
+    server_seconds: float | None = None
 
 
 class CpuMeter:
@@ -109,10 +141,12 @@ class CpuMeter:
     def start(self) -> None:
         self._wall = time.perf_counter()
         self._before = [cpu_times(pid) for pid in self._pids]
+        self._server_before = process_cpu_seconds(self._pids[0])
 
     def stop(self) -> None:
         wall = time.perf_counter() - self._wall
         after = [cpu_times(pid) for pid in self._pids]
+        server_after = process_cpu_seconds(self._pids[0])
         fractions: list[float | None] = []
         for first, last in zip(self._before, after, strict=True):
             if first is None or last is None or wall <= 0:
@@ -120,6 +154,9 @@ class CpuMeter:
             else:
                 fractions += [(last[0] - first[0]) / wall, (last[1] - first[1]) / wall]
         self.use = CpuUse(*fractions)
+        self.use.wall_seconds = wall
+        if self._server_before is not None and server_after is not None:
+            self.use.server_seconds = server_after - self._server_before
 
 
 # ----------------------------------------------------------------- sampling
@@ -149,6 +186,8 @@ class Sampler:
         self.max_warmup = max_warmup
         self.cpu = cpu
         self.rates: list[float] = []
+        # the count that the samples span, warm-up excluded
+        self.sampled = 0
         self.warmup_seconds = 0.0
         self.now = self._started = time.perf_counter()
         self._sample_start: float | None = None
@@ -167,6 +206,7 @@ class Sampler:
         if elapsed < self.sample_seconds:
             return False
         self.rates.append((count - self._sample_count) / elapsed)
+        self.sampled += count - self._sample_count
         self._sample_start, self._sample_count = now, count
         if len(self.rates) < self.samples:
             return False
@@ -232,23 +272,54 @@ class DtlsPeer(UdpPeer):
 # --------------------------------------------------------------- handshakes
 
 
+@functools.cache
+def client_context() -> SSL.Context:
+    """The one client context of the load generator.
+
+    One for all, because OpenSSL offers a session only on a connection made
+    from the context that made it.
+    """
+    return certs.client_context()
+
+
 class ClientHandshake:
     """One DTLS 1.2 client handshake on its own socket, driven by hand.
 
     OpenSSL answers the HelloVerifyRequest itself and keeps the retransmission
     timer (1 s, doubling), which :meth:`retransmit` applies: a lost datagram
     costs time, not the run.
+
+    With a ``session`` (from an earlier handshake's ``get_session()``) the
+    client offers it, so that the server can resume it in an abbreviated
+    handshake; :meth:`resumed` says whether it did. Unless ``start`` is False
+    the first flight goes out at once; otherwise :meth:`start` sends it.
     """
 
-    def __init__(self, sock: socket.socket, ctx: SSL.Context) -> None:
+    def __init__(
+        self,
+        sock: socket.socket,
+        ctx: SSL.Context,
+        session: SSL.Session | None = None,
+        *,
+        start: bool = True,
+    ) -> None:
         self.sock = sock
         self.conn = SSL.Connection(ctx, None)
         self.conn.set_connect_state()
         self.conn.set_ciphertext_mtu(MTU)
+        if session is not None:
+            self.conn.set_session(session)
         self.started = time.perf_counter()
         # time.monotonic() when this client last sent a datagram: the server
         # cannot have heard from it any later.
         self.last_sent_at = 0.0
+        self.done = False
+        if start:
+            self.start()
+
+    def start(self) -> None:
+        """Send the first ClientHello."""
+        self.started = time.perf_counter()
         self.done = self._advance()
 
     def _advance(self) -> bool:
@@ -286,6 +357,41 @@ class ClientHandshake:
     def peer(self) -> DtlsPeer:
         return DtlsPeer(self.sock, self.conn)
 
+    def resumed(self) -> bool:
+        """Whether the handshake was abbreviated: the server resumed the
+        session this client offered (``SSL_session_reused``)."""
+        return bool(_ssl_lib.SSL_session_reused(self.conn._ssl))
+
+    def session(self) -> SSL.Session:
+        """The session to offer next time; call :meth:`abandon` or
+        :meth:`close` afterwards, so that freeing this connection cannot
+        spoil it."""
+        session = self.conn.get_session()
+        if session is None:
+            raise RuntimeError("the handshake left no session")
+        return session
+
+    def abandon(self) -> None:
+        """Drop the peer without a word: close the socket, send nothing.
+
+        OpenSSL marks a session that is freed with its connection before a
+        shutdown as not resumable, and the client's session object is the
+        one :meth:`session` handed out; flagging the shutdown as sent
+        (without sending it) keeps that session good for the next
+        handshake.
+        """
+        self.conn.set_shutdown(SSL.SENT_SHUTDOWN)
+        self.sock.close()
+
+    def close(self) -> None:
+        """End the connection cleanly: send close_notify, close the socket."""
+        try:
+            self.conn.shutdown()
+            self._flush()
+        except (SSL.Error, OSError):
+            pass
+        self.sock.close()
+
 
 class HandshakePool:
     """Up to ``concurrency`` client handshakes at once, one socket each, all
@@ -296,15 +402,24 @@ class HandshakePool:
     """
 
     def __init__(
-        self, address: Address, concurrency: int, *, attempt_timeout: float = 5.0
+        self,
+        address: Address,
+        concurrency: int,
+        *,
+        attempt_timeout: float = 5.0,
+        session: SSL.Session | None = None,
     ) -> None:
         self.address = address
         self.concurrency = concurrency
         self.attempt_timeout = attempt_timeout
-        self.ctx = certs.client_context()
+        self.ctx = client_context()
+        # offered by every handshake this pool starts
+        self.session = session
         self.selector = selectors.DefaultSelector()
         self.running: set[ClientHandshake] = set()
         self.started = self.completed = self.failed = 0
+        # completed handshakes that resumed the offered session
+        self.resumed = 0
         self.errors: list[str] = []
         self._next_check = time.perf_counter() + _TICK
 
@@ -321,7 +436,9 @@ class HandshakePool:
         """Start handshakes until ``concurrency`` run or ``limit`` have started."""
         while len(self.running) < self.concurrency and self.started < limit:
             self.started += 1
-            handshake = ClientHandshake(client_socket(self.address), self.ctx)
+            handshake = ClientHandshake(
+                client_socket(self.address), self.ctx, self.session
+            )
             self.running.add(handshake)
             self.selector.register(handshake.sock, selectors.EVENT_READ, handshake)
 
@@ -338,6 +455,8 @@ class HandshakePool:
                 if handshake.receive():
                     self._remove(handshake)
                     self.completed += 1
+                    if self.session is not None and handshake.resumed():
+                        self.resumed += 1
                     completed.append(handshake)
             except (SSL.Error, OSError) as exc:
                 self._fail(handshake, exc)
@@ -417,9 +536,36 @@ class HandshakeResult:
     rates: list[float]
     completed: int = 0
     failed: int = 0
+    # handshakes completed within the sampling windows, which ``cpu`` spans
+    sampled: int = 0
+    # with ``resume``: how many of ``completed`` the server really resumed
+    resumed: int = 0
     warmup_seconds: float = 0.0
     errors: list[str] = dataclasses.field(default_factory=list)
     cpu: CpuUse = dataclasses.field(default_factory=CpuUse)
+
+    @property
+    def server_cpu_per_handshake(self) -> float | None:
+        """Server CPU seconds per handshake completed in the sampling windows."""
+        spent = self.cpu.server_seconds
+        if spent is None or not self.sampled:
+            return None
+        return spent / self.sampled
+
+
+def first_session(address: Address, *, timeout: float = 10.0) -> SSL.Session:
+    """One full handshake with the server at ``address``; its session."""
+    deadline = time.perf_counter() + timeout
+    with HandshakePool(address, 1, attempt_timeout=timeout) as pool:
+        pool.fill()
+        while time.perf_counter() < deadline and pool.running:
+            for handshake in pool.poll(_TICK):
+                session = handshake.session()
+                handshake.abandon()
+                return session
+    raise RuntimeError(
+        f"no session: {pool.errors[0] if pool.errors else 'handshake timed out'}"
+    )
 
 
 def handshake_run(
@@ -431,6 +577,7 @@ def handshake_run(
     server_pid: int | None,
     max_warmup: float = 5.0,
     attempt_timeout: float = 5.0,
+    resume: bool = False,
 ) -> HandshakeResult:
     """``concurrency`` handshakes at all times, each a fresh peer.
 
@@ -438,20 +585,29 @@ def handshake_run(
     sent) as soon as its handshake completes. The run warms up until as many
     handshakes as the concurrency have ended (with 50 at once the first round
     alone takes a while), then takes ``samples`` consecutive rate samples.
+
+    With ``resume``, one full handshake first gets a session, and every
+    handshake of the run offers it: the server may resume it (session ID or
+    ticket) in an abbreviated handshake; ``resumed`` counts those it did.
     """
+    session = first_session(address, timeout=attempt_timeout) if resume else None
     sampler = Sampler(samples, sample_seconds, max_warmup, CpuMeter(server_pid))
-    with HandshakePool(address, concurrency, attempt_timeout=attempt_timeout) as pool:
+    with HandshakePool(
+        address, concurrency, attempt_timeout=attempt_timeout, session=session
+    ) as pool:
         pool.fill()
         while not sampler.update(
             pool.completed, pool.completed + pool.failed >= concurrency
         ):
             for handshake in pool.poll(_TICK):
-                handshake.sock.close()
+                handshake.abandon()
             pool.fill()
     return HandshakeResult(
         rates=sampler.rates,
         completed=pool.completed,
         failed=pool.failed,
+        sampled=sampler.sampled,
+        resumed=pool.resumed,
         warmup_seconds=sampler.warmup_seconds,
         errors=pool.errors,
         cpu=sampler.cpu.use,
@@ -786,3 +942,350 @@ def flood(
     result.seconds = sampler.sample_seconds
     result.cpu = sampler.cpu.use
     return result
+
+
+# ---------------------------------------------------------------------- storm
+
+
+class EchoProbe:
+    """Established peers that keep echoing while something else goes on.
+
+    Each peer keeps one numbered message in flight: it sends the next one
+    ``interval`` seconds after the reply to the last, or ``give_up`` seconds
+    after the last was sent if no reply came (a reply that comes later
+    still counts, with its whole round trip). :meth:`poll` never blocks;
+    call it often, between other work, so that the time a reply waits in
+    its socket for this process stays small next to its round trip.
+    """
+
+    def __init__(
+        self,
+        peers: list[UdpPeer],
+        *,
+        size: int = 100,
+        interval: float = 0.5,
+        give_up: float = 1.0,
+    ) -> None:
+        self.peers = peers
+        self.interval = interval
+        self.give_up = give_up
+        self._padding = b"\xa5" * max(size - 8, 0)
+        self._selector = selectors.DefaultSelector()
+        for index, peer in enumerate(peers):
+            self._selector.register(peer.sock, selectors.EVENT_READ, index)
+        self._seq = 0
+        # sequence number -> (peer, time sent), until the reply comes
+        self._pending: dict[int, tuple[int, float]] = {}
+        self._newest = [0] * len(peers)  # each peer's last message
+        # when each peer sends next; the heap holds (time, peer) entries,
+        # and an entry that no longer matches is stale
+        self._send_at = [math.inf] * len(peers)
+        self._heap: list[tuple[float, int]] = []
+        self.sending = False
+        # (time sent, round trip) of each reply, seconds, in arrival order
+        self.round_trips: list[tuple[float, float]] = []
+        self.sent = 0
+
+    def start(self) -> None:
+        """Start afresh: every peer sends a message now."""
+        for peer in self.peers:
+            peer.discard_waiting()
+        self._pending.clear()
+        self.round_trips = []
+        self.sent = 0
+        self.sending = True
+        now = time.perf_counter()
+        for index in range(len(self.peers)):
+            self._schedule(index, now)
+
+    def stop(self) -> None:
+        """Send nothing new; replies to what was sent are still recorded."""
+        self.sending = False
+        self._heap.clear()
+
+    @property
+    def outstanding(self) -> int:
+        """Messages sent and not answered."""
+        return len(self._pending)
+
+    def unanswered(self, sent_by: float) -> int:
+        """Messages sent up to ``sent_by`` and not answered."""
+        return sum(1 for _, sent in self._pending.values() if sent <= sent_by)
+
+    def _schedule(self, index: int, when: float) -> None:
+        if self.sending:
+            self._send_at[index] = when
+            heapq.heappush(self._heap, (when, index))
+
+    def poll(self) -> None:
+        """Take the replies that are waiting, send what is due."""
+        now = time.perf_counter()
+        for key, _ in self._selector.select(0):
+            index = key.data
+            for message in self.peers[index].receive(4):
+                seq = int.from_bytes(message[:8], "big")
+                sent = self._pending.pop(seq, None)
+                if sent is None:
+                    continue
+                self.round_trips.append((sent[1], now - sent[1]))
+                if seq == self._newest[index]:
+                    self._schedule(index, now + self.interval)
+        heap = self._heap
+        while heap and heap[0][0] <= now:
+            when, index = heapq.heappop(heap)
+            if when == self._send_at[index]:
+                self._send(index, now)
+
+    def _send(self, index: int, now: float) -> None:
+        self._seq += 1
+        seq = self._newest[index] = self._seq
+        self._pending[seq] = (index, now)
+        self.sent += 1
+        try:
+            self.peers[index].send(seq.to_bytes(8, "big") + self._padding)
+        except OSError:
+            pass
+        self._schedule(index, now + self.give_up)
+
+    def cost(self, seconds: float, server_pid: int | None) -> float | None:
+        """Echo for ``seconds`` and nothing else; the server's CPU seconds
+        per round trip meanwhile (by ``/proc/<pid>/schedstat``, which has
+        the resolution for so short a time), or None."""
+        meter = CpuMeter(server_pid)
+        self.start()
+        until = time.perf_counter() + seconds
+        while time.perf_counter() < until:
+            self.poll()
+            time.sleep(0.001)
+        meter.stop()
+        stopped = time.perf_counter()
+        self.stop()
+        until = stopped + self.give_up
+        while self.outstanding and time.perf_counter() < until:
+            self.poll()
+            time.sleep(0.001)
+        done = sum(1 for sent, rtt in self.round_trips if sent + rtt <= stopped)
+        use = meter.use
+        if not done or use.server is None or use.wall_seconds is None:
+            return None
+        return use.server * use.wall_seconds / done
+
+    def close(self) -> None:
+        self._selector.close()
+
+
+def quantile(values: list[float], q: float) -> float:
+    """The ``q`` quantile of ``values`` (nearest rank); NaN if there are none."""
+    if not values:
+        return math.nan
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))]
+
+
+@dataclasses.dataclass
+class StormResult:
+    """What became of ``clients`` handshakes started at once."""
+
+    clients: int
+    completed: int = 0
+    failed: int = 0  # OpenSSL or the socket gave up (an alert, a refusal)
+    wedged: int = 0  # still handshaking when the storm's time was up
+    offered: int = 0  # handshakes that offered a session
+    resumed: int = 0  # completed handshakes that the server resumed
+    launch_seconds: float = 0.0  # first to last first ClientHello
+    last_seconds: float = math.nan  # first ClientHello to the last completion
+    median_seconds: float = math.nan  # time to complete, median over clients
+    retransmissions: int = 0  # flights the clients resent on OpenSSL's timer
+    errors: list[str] = dataclasses.field(default_factory=list)
+    # Echo messages sent from the launch to the last completion: their
+    # round trips, and how many never had a reply (by the end of the storm
+    # plus a grace time).
+    echo_peers: int = 0
+    echo_sent: int = 0
+    echo_round_trips: int = 0
+    echo_lost: int = 0
+    echo_p50_ms: float = math.nan
+    echo_p99_ms: float = math.nan
+    echo_max_ms: float = math.nan
+    # From the launch to the last completion (to the time limit if none):
+    # clients still wedged after that are left out, with the echo's tail.
+    cpu: CpuUse = dataclasses.field(default_factory=CpuUse)
+
+    @property
+    def server_cpu_per_handshake(self) -> float | None:
+        spent = self.cpu.server_seconds
+        if spent is None or not self.completed:
+            return None
+        return spent / self.completed
+
+
+def storm(
+    address: Address,
+    clients: int,
+    *,
+    server_pid: int | None,
+    probe: EchoProbe | None = None,
+    sessions: list[SSL.Session] | None = None,
+    time_limit: float = 60.0,
+) -> tuple[StormResult, list[SSL.Session]]:
+    """``clients`` handshakes started at once, each from its own socket.
+
+    Sockets and client connections are made first; then every client sends
+    its first ClientHello, as fast as this process can (``launch_seconds``),
+    and from then on one selector serves them all. OpenSSL's own timer makes
+    each client resend a flight that got no answer (1 s, doubling). Nothing
+    is retried from scratch: a client that fails counts as ``failed``, one
+    still handshaking after ``time_limit`` seconds as ``wedged``.
+
+    A client that completes keeps its session and ends its connection at
+    once with a close_notify, as a short-lived client would, so that the
+    server's table (``max_connections``) is not what limits the storm. Its
+    socket stays open until the storm is over: the server may still resend
+    its last flight there (it may not have read the client's last one yet),
+    and a closed port would answer that with an ICMP error.
+
+    With ``sessions``, client ``i`` offers ``sessions[i % len(sessions)]``.
+    ``probe``, if given, echoes from the launch on; its round trips count
+    for the messages sent until the last completion. The server's CPU is
+    measured from the launch to the last completion. Returns the result and
+    the sessions of the clients that completed.
+    """
+    result = StormResult(clients=clients)
+    ctx = client_context()
+    selector = selectors.DefaultSelector()
+    waiting: list[ClientHandshake] = []
+    running: set[ClientHandshake] = set()
+    ended: list[socket.socket] = []
+    new_sessions: list[SSL.Session] = []
+    times: list[float] = []
+    # (OpenSSL's retransmission deadline, tie-breaker, client); an entry
+    # that no longer matches ``due`` is stale.
+    timers: list[tuple[float, int, ClientHandshake]] = []
+    due: dict[ClientHandshake, float] = {}
+    order = itertools.count()
+    meter = CpuMeter(server_pid)
+    metered_at = 0.0
+
+    def arm(handshake: ClientHandshake, now: float) -> None:
+        timeout = handshake.conn.DTLSv1_get_timeout()
+        if timeout is not None:
+            due[handshake] = when = now + timeout
+            heapq.heappush(timers, (when, next(order), handshake))
+
+    def finish(handshake: ClientHandshake, error: Exception | None) -> None:
+        nonlocal metered_at
+        running.discard(handshake)
+        due.pop(handshake, None)
+        selector.unregister(handshake.sock)
+        ended.append(handshake.sock)
+        if error is not None:
+            result.failed += 1
+            if len(result.errors) < 5:
+                result.errors.append(f"{type(error).__name__}: {error}")
+            return
+        now = time.perf_counter()
+        result.completed += 1
+        times.append(now - launched)
+        if sessions and handshake.resumed():
+            result.resumed += 1
+        session = handshake.conn.get_session()
+        if session is not None:
+            new_sessions.append(session)
+        try:
+            handshake.conn.shutdown()  # close_notify; keeps the session good
+            handshake._flush()
+        except (SSL.Error, OSError):
+            pass
+        # The CPU window ends at the last completion: read the server's CPU
+        # now and then as they come, and always at the very last.
+        if not running or now - metered_at > 0.005:
+            meter.stop()
+            metered_at = now
+
+    try:
+        for index in range(clients):
+            session = sessions[index % len(sessions)] if sessions else None
+            handshake = ClientHandshake(
+                client_socket(address), ctx, session, start=False
+            )
+            waiting.append(handshake)
+        result.offered = clients if sessions else 0
+        meter.start()
+        launched = time.perf_counter()
+        if probe is not None:
+            probe.start()
+        for handshake in waiting:
+            handshake.start()
+            running.add(handshake)
+            selector.register(handshake.sock, selectors.EVENT_READ, handshake)
+        now = time.perf_counter()
+        result.launch_seconds = now - launched
+        for handshake in waiting:
+            arm(handshake, now)
+        waiting.clear()
+        stop_at = launched + time_limit
+        # With a probe, the selector never blocks long, so that echo replies
+        # are read within a few milliseconds even when no handshake moves.
+        longest = _TICK if probe is None else 0.002
+        while running and now < stop_at:
+            wake = min(timers[0][0] if timers else math.inf, now + longest)
+            for key, _ in selector.select(max(wake - now, 0.0)):
+                handshake = key.data
+                try:
+                    if handshake.receive():
+                        finish(handshake, None)
+                    else:
+                        arm(handshake, time.perf_counter())
+                except (SSL.Error, OSError) as exc:
+                    finish(handshake, exc)
+                if probe is not None:
+                    probe.poll()
+            now = time.perf_counter()
+            while timers and timers[0][0] <= now:
+                when, _, handshake = heapq.heappop(timers)
+                if due.get(handshake) != when:
+                    continue
+                try:
+                    if handshake.conn.DTLSv1_handle_timeout():
+                        result.retransmissions += 1
+                        handshake._flush()
+                except (SSL.Error, OSError) as exc:
+                    finish(handshake, exc)
+                    continue
+                arm(handshake, now)
+            if probe is not None:
+                probe.poll()
+            now = time.perf_counter()
+        result.wedged = len(running)
+        if not times:
+            meter.stop()  # no completion: the window runs to the time limit
+        result.cpu = meter.use
+        if times:
+            result.last_seconds = max(times)
+            result.median_seconds = quantile(times, 0.5)
+        if probe is not None:
+            _storm_echo(result, probe, launched + (result.cpu.wall_seconds or 0.0))
+    finally:
+        for handshake in [*waiting, *running]:
+            handshake.sock.close()
+        for sock in ended:
+            sock.close()
+        selector.close()
+    return result, new_sessions
+
+
+def _storm_echo(result: StormResult, probe: EchoProbe, end: float) -> None:
+    """The probe's figures for the messages it sent before ``end``."""
+    probe.stop()
+    grace_until = time.perf_counter() + probe.give_up
+    while probe.outstanding and time.perf_counter() < grace_until:
+        probe.poll()
+        time.sleep(0.001)
+    round_trips = [rtt for sent, rtt in probe.round_trips if sent <= end]
+    result.echo_peers = len(probe.peers)
+    result.echo_round_trips = len(round_trips)
+    result.echo_lost = probe.unanswered(end)
+    result.echo_sent = result.echo_round_trips + result.echo_lost
+    result.echo_p50_ms = quantile(round_trips, 0.5) * 1000
+    result.echo_p99_ms = quantile(round_trips, 0.99) * 1000
+    result.echo_max_ms = max(round_trips, default=math.nan) * 1000

@@ -60,7 +60,9 @@ def main(argv: list[str] | None = None) -> int:
         "and the bare OpenSSL engine, all measured in this run.",
     )
     parser.add_argument(
-        "--quick", action="store_true", help="short phases, fewer peers (< 60 s)"
+        "--quick",
+        action="store_true",
+        help="short phases, fewer peers (about a minute)",
     )
     parser.add_argument(
         "--json", metavar="PATH", help="also write all raw numbers here"
@@ -89,7 +91,9 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         for server in servers.values():
             server.close()
+    scenarios.storm_scenario(bench)
     scenarios.engine_speed(bench, "after the servers")
+    scenarios.zero_overhead_rows(bench)
     scenarios.engine_memory(bench)
     scenarios.memory_scenario(bench)
     scenarios.reaping_scenario(bench)

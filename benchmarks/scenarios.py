@@ -29,7 +29,9 @@ HANDSHAKES = "2. handshakes/s"
 MEMORY = "3. memory per established idle peer"
 FLOOD = "4. cookie-less ClientHello flood"
 REAPING = "5. idle reaping (dtlsmux only)"
-WORKERS = "6. serve_workers (dtlsmux only)"
+HANDSHAKE_CPU = "6. server CPU per handshake"
+STORM = "7. handshake storm"
+WORKERS = "8. serve_workers (dtlsmux only)"
 
 ENGINE = "engine"
 OURS = "dtlsmux"
@@ -78,6 +80,13 @@ class Settings:
     echo_peers: tuple[int, ...] = (1, 100)
     echo_windows: tuple[int, ...] = (1, 32)
     handshake_concurrency: tuple[int, ...] = (1, 50)
+    # Clients of each handshake storm, and the longest a storm may last:
+    # a client still handshaking then counts as wedged.
+    storm_clients: int = 10_000
+    storm_time_limit: float = 90.0
+    storm_echo_peers: int = 100
+    # How long the echo peers echo alone, to measure what that costs.
+    storm_quiet_seconds: float = 1.0
     flood_sources: int = 16
     flood_window: int = 8
     idle_timeout: float = 1.0
@@ -108,9 +117,12 @@ class Settings:
                 reap_cost_peers=(100, 300),
                 max_idle_timeout=3.0,
                 establish_timeout=5.0,
-                budget=58.0,
+                budget=85.0,
                 connect_timeout=10.0,
                 restarts=2,
+                storm_clients=1000,
+                storm_time_limit=10.0,
+                storm_quiet_seconds=0.3,
             )
         return cls(
             quick=False,
@@ -207,8 +219,21 @@ def direct_engine_case(size: int) -> str:
 
 
 ENGINE_HANDSHAKE_CASE = "in memory (bare engine)"
+ENGINE_RESUMED_CASE = "resumed, in memory (bare engine)"
 ENGINE_HALF_CASE = "per connection half (bare engine)"
 ENGINE_SERVER_HALF_CASE = "per server half (bare engine)"
+ZERO_OVERHEAD_CASE = "sequential, zero overhead: engine + 3 UDP round trips"
+FULL = "full"
+RESUMED = "resumed"
+
+
+def server_half_case(kind: str) -> str:
+    """The engine's row for the server half of a ``kind`` handshake."""
+    return f"{kind}: server half (bare engine)"
+
+
+def client_half_case(kind: str) -> str:
+    return f"{kind}: client half (bare engine)"
 
 
 def engine_speed(bench: Bench, when: str) -> None:
@@ -222,7 +247,7 @@ def engine_speed(bench: Bench, when: str) -> None:
     s = bench.settings
     report = bench.report
     log(f"bare engine: handshakes and round trips in memory ({when})")
-    budget = 30 + 4 * s.repetitions * s.engine_seconds * (1 + 2 * len(s.echo_sizes))
+    budget = 30 + 4 * s.repetitions * s.engine_seconds * (4 + 2 * len(s.echo_sizes))
     speed = _isolated(
         bench,
         engine.measure_speed,
@@ -231,10 +256,21 @@ def engine_speed(bench: Bench, when: str) -> None:
         s.echo_sizes,
         timeout=budget,
     )
-    rows = [(HANDSHAKES, ENGINE_HANDSHAKE_CASE, "hs/s", "handshakes_per_s")] + [
+    rows = [
+        (HANDSHAKES, ENGINE_HANDSHAKE_CASE, "hs/s", "handshakes_per_s"),
+        (HANDSHAKES, ENGINE_RESUMED_CASE, "hs/s", "resumed_handshakes_per_s"),
+    ]
+    for kind in (FULL, RESUMED):
+        rows += [
+            (HANDSHAKE_CPU, server_half_case(kind), "us", f"server_half_{kind}_us"),
+            # Information: what the load generator's client spends.
+            (HANDSHAKE_CPU, client_half_case(kind), "us", f"client_half_{kind}_us"),
+        ]
+    rows += [
         (ECHO, engine_case(size), "rt/s", f"round_trips_per_s_{size}")
         for size in s.echo_sizes
-    ] + [
+    ]
+    rows += [
         # Information, not a baseline: the same echo through the record
         # path trio_dtlsmux uses (see trio_dtlsmux/_recordio.py).
         (ECHO, direct_engine_case(size), "rt/s", f"direct_round_trips_per_s_{size}")
@@ -443,58 +479,171 @@ def _annotate_echo(row: Row, wanted_peers: int) -> None:
     row.note = "; ".join(notes)
 
 
+def handshake_case(concurrency: int, resume: bool = False) -> str:
+    case = "sequential" if concurrency == 1 else f"{concurrency} concurrent"
+    return f"{case}, resumed" if resume else case
+
+
+def handshake_cpu_case(kind: str, concurrency: int) -> str:
+    return f"{kind}, {handshake_case(concurrency)}"
+
+
+def _cpu_row(bench: Bench, name: str, kind: str, case: str) -> Row:
+    """A row of server CPU per ``kind`` handshake, against the engine's
+    server half (and, for ours, against trio.DTLSEndpoint)."""
+    refs = {"engine": (server_half_case(kind), ENGINE)}
+    if name == OURS:
+        refs["trio_dtls"] = (case, "trio_dtls")
+    return bench.report.add(Row(HANDSHAKE_CPU, case, name, "us", refs=refs))
+
+
+# The issue's goals for server CPU per handshake over the engine's server half.
+CPU_GOALS = {FULL: "goal <= 2.0x engine", RESUMED: "goal <= 3.0x engine"}
+
+
 def handshake_scenario(bench: Bench, servers: dict[str, ServerProcess]) -> None:
+    """Handshakes per second, and the server's CPU time per handshake.
+
+    Fresh peers, full handshakes and then resumed ones (each client offers
+    the session of one earlier handshake). The same runs give both figures:
+    the rate, and the server process's CPU time (utime + stime) over the
+    sampling window divided by the handshakes completed in it.
+    """
     s = bench.settings
     names = [n for n in bench.available() if n in servers and bench.targets[n].secure]
     bench.skip_unavailable(HANDSHAKES, (n for n in ORDER if bench.targets[n].secure))
-    for concurrency in s.handshake_concurrency:
-        case = "sequential" if concurrency == 1 else f"{concurrency} concurrent"
-        rows: dict[str, Row] = {}
-        results: dict[str, list[load.HandshakeResult]] = {}
-        for name in names:
-            refs = {"engine": (ENGINE_HANDSHAKE_CASE, ENGINE)}
-            if name == OURS:
-                refs["trio_dtls"] = (case, "trio_dtls")
-            rows[name] = bench.report.add(Row(HANDSHAKES, case, name, "hs/s", refs=refs))
-            results[name] = []
-        # The targets take turns sample by sample, as in the echo scenario.
-        for _ in range(s.repetitions):
+    bench.skip_unavailable(HANDSHAKE_CPU, (n for n in ORDER if bench.targets[n].secure))
+    for resume in (False, True):
+        kind = RESUMED if resume else FULL
+        for concurrency in s.handshake_concurrency:
+            case = handshake_case(concurrency, resume)
+            cpu_case = handshake_cpu_case(kind, concurrency)
+            rows: dict[str, Row] = {}
+            cpu_rows: dict[str, Row] = {}
+            results: dict[str, list[load.HandshakeResult]] = {}
             for name in names:
-                if rows[name].note.startswith("unavailable"):
-                    continue
-                server = servers[name]
-                try:
-                    server.check_alive()
-                    result = load.handshake_run(
-                        server.address,
-                        concurrency,
-                        samples=1,
-                        sample_seconds=s.handshake_seconds,
-                        server_pid=server.pid,
-                    )
-                except Exception as exc:
-                    rows[name].note = f"unavailable: {describe(exc)}"
-                    log(f"handshakes: {name} failed: {describe(exc)}")
-                    continue
-                rows[name].raw.append(dataclasses.asdict(result))
-                results[name].append(result)
-        for name, row in rows.items():
-            done = [r for r in results[name] if r.completed]
-            failed = sum(r.failed for r in results[name])
-            errors = [e for r in results[name] for e in r.errors]
-            if row.note.startswith("unavailable"):
-                pass
-            elif not done:
-                reason = errors[0] if errors else "no handshake completed"
-                row.note = f"unavailable: {reason}"
-            else:
-                row.samples = [rate for r in done for rate in r.rates]
-                _note_cpu(row, [r.cpu for r in done])
-                if failed:
-                    row.note = f"{failed} failed"
-                    if errors:
-                        row.note += f" ({errors[0]})"
-            _log_row(row)
+                engine_case = ENGINE_RESUMED_CASE if resume else ENGINE_HANDSHAKE_CASE
+                refs = {"engine": (engine_case, ENGINE)}
+                if name == OURS:
+                    refs["trio_dtls"] = (case, "trio_dtls")
+                rows[name] = bench.report.add(
+                    Row(HANDSHAKES, case, name, "hs/s", refs=refs)
+                )
+                cpu_rows[name] = _cpu_row(bench, name, kind, cpu_case)
+                results[name] = []
+            # The targets take turns sample by sample, as in the echo scenario.
+            for _ in range(s.repetitions):
+                for name in names:
+                    if rows[name].note.startswith("unavailable"):
+                        continue
+                    server = servers[name]
+                    try:
+                        server.check_alive()
+                        result = load.handshake_run(
+                            server.address,
+                            concurrency,
+                            samples=1,
+                            sample_seconds=s.handshake_seconds,
+                            server_pid=server.pid,
+                            resume=resume,
+                        )
+                    except Exception as exc:
+                        rows[name].note = f"unavailable: {describe(exc)}"
+                        log(f"handshakes: {name} failed: {describe(exc)}")
+                        continue
+                    rows[name].raw.append(dataclasses.asdict(result))
+                    results[name].append(result)
+            for name, row in rows.items():
+                _handshake_rows(row, cpu_rows[name], results[name], kind)
+                _log_row(row)
+                _log_row(cpu_rows[name])
+
+
+def _handshake_rows(
+    row: Row, cpu_row: Row, results: list[load.HandshakeResult], kind: str
+) -> None:
+    """Fill the rate row and the CPU row of one target's handshake case."""
+    done = [r for r in results if r.completed]
+    failed = sum(r.failed for r in results)
+    errors = [e for r in results for e in r.errors]
+    if row.note.startswith("unavailable"):
+        cpu_row.note = row.note
+        return
+    if not done:
+        reason = errors[0] if errors else "no handshake completed"
+        row.note = cpu_row.note = f"unavailable: {reason}"
+        return
+    notes = []
+    if failed:
+        notes.append(f"{failed} failed" + (f" ({errors[0]})" if errors else ""))
+    if kind == RESUMED:
+        completed = sum(r.completed for r in done)
+        resumed = sum(r.resumed for r in done)
+        notes.append(f"{resumed / completed:.0%} resumed")
+    row.samples = [rate for r in done for rate in r.rates]
+    _note_cpu(row, [r.cpu for r in done])
+    row.note = "; ".join(notes)
+    per_handshake = [r.server_cpu_per_handshake for r in done]
+    cpu_row.samples = [cpu * 1e6 for cpu in per_handshake if cpu is not None]
+    cpu_row.raw = [
+        {"server_seconds": r.cpu.server_seconds, "handshakes": r.sampled} for r in done
+    ]
+    _note_cpu(cpu_row, [r.cpu for r in done])
+    sampled = sum(r.sampled for r in done)
+    cpu_row.note = "; ".join(
+        [*notes, f"{sampled:,} handshakes", CPU_GOALS[kind]]
+        if cpu_row.samples
+        else ["unavailable: no CPU time from /proc/<pid>/stat"]
+    )
+
+
+def zero_overhead_rows(bench: Bench) -> None:
+    """Sequential handshakes against what an implementation with no overhead
+    of its own would score: one in-memory handshake of the bare engine
+    (both halves, one after the other) plus three UDP round trips (the
+    cookie's, the server's first flight, the client's last flight), the
+    round trip being raw UDP's 100 B ping-pong with one peer. Every term is
+    a median of this run."""
+    report = bench.report
+    engine_row = report.find(HANDSHAKES, ENGINE_HANDSHAKE_CASE, ENGINE)
+    udp_row = report.find(ECHO, echo_case(1, 100, 1), "raw_udp")
+    engine_rate = None if engine_row is None else engine_row.median
+    udp_rate = None if udp_row is None else udp_row.median
+    if not engine_rate or not udp_rate:
+        missing = (
+            "the engine's handshakes" if not engine_rate else "raw UDP's ping-pong"
+        )
+        bench.skip(HANDSHAKES, ZERO_OVERHEAD_CASE, ENGINE, f"no figure for {missing}")
+        return
+    seconds = 1 / engine_rate + 3 / udp_rate
+    bound = report.add(
+        Row(
+            HANDSHAKES,
+            ZERO_OVERHEAD_CASE,
+            ENGINE,
+            "hs/s",
+            samples=[1 / seconds],
+            note=f"{1e6 / engine_rate:.0f} us + 3 x {1e6 / udp_rate:.0f} us",
+            raw=[{"engine_hs_per_s": engine_rate, "udp_rt_per_s": udp_rate}],
+        )
+    )
+    _log_row(bound)
+    for name in ("trio_dtls", OURS):
+        row = report.find(HANDSHAKES, handshake_case(1), name)
+        if row is None or row.median is None:
+            continue
+        _log_row(
+            report.add(
+                Row(
+                    HANDSHAKES,
+                    "sequential / zero overhead",
+                    name,
+                    "x",
+                    samples=[row.median / (1 / seconds)],
+                    note="goal >= 0.6",
+                )
+            )
+        )
 
 
 def flood_scenario(bench: Bench, servers: dict[str, ServerProcess]) -> None:
@@ -570,6 +719,203 @@ def flood_scenario(bench: Bench, servers: dict[str, ServerProcess]) -> None:
     for rows in (rate_rows, amp_rows):
         for row in rows.values():
             _log_row(row)
+
+
+# ------------------------------------------------------------ handshake storm
+
+
+def storm_case(kind: str, clients: int) -> str:
+    return f"{kind}, storm of {clients:,} clients"
+
+
+def _descriptor_limit() -> int | None:
+    try:
+        import resource
+
+        return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    except (ImportError, OSError, ValueError):
+        return None
+
+
+def storm_scenario(bench: Bench) -> None:
+    """Many clients start a handshake at the same instant, first without a
+    session and then offering the one they got, against a fresh server with
+    its default options, while established peers keep echoing.
+
+    Each target gets its own fresh server; both are up at once and take
+    turns (full storms, then resumed storms), as in the other scenarios.
+    """
+    s = bench.settings
+    clients = s.storm_clients
+    secure = [n for n in ORDER if bench.targets[n].secure]
+    bench.skip_unavailable(STORM, secure)
+    names = bench.available(secure)
+    # One socket per client, per echo peer, and some to spare.
+    needed = clients + s.storm_echo_peers + 100
+    limit = _descriptor_limit()
+    if limit is not None and limit != -1 and limit < needed:
+        for name in names:
+            bench.skip(
+                STORM,
+                "all cases",
+                name,
+                f"needs {needed:,} open files, limit {limit:,}",
+            )
+        return
+    with contextlib.ExitStack() as stack:
+        servers: dict[str, ServerProcess] = {}
+        starting: dict[str, ServerProcess] = {}
+        for name in names:
+            config = ServerConfig(name, defaults=True)
+            starting[name] = ServerProcess(config, bench.server_cpus)
+            stack.callback(starting[name].close)
+        probes: dict[str, load.EchoProbe] = {}
+        echo_costs: dict[str, float | None] = {}
+        for name, server in starting.items():
+            try:
+                server.wait_ready()
+                peers = stack.enter_context(
+                    load.open_peers(
+                        server.address,
+                        s.storm_echo_peers,
+                        secure=True,
+                        connect_within=s.connect_timeout,
+                    )
+                )
+            except Exception as exc:
+                bench.skip(STORM, "all cases", name, describe(exc))
+                continue
+            servers[name] = server
+            probes[name] = load.EchoProbe(peers.peers)
+            stack.callback(probes[name].close)
+            # What the echo costs the server by itself, to say how much of
+            # the CPU per handshake in a storm is the echo's.
+            echo_costs[name] = probes[name].cost(s.storm_quiet_seconds, server.pid)
+            log(
+                f"storm: {name} server pid {server.pid} (default options), "
+                f"{len(peers.peers)} echo peers"
+            )
+        sessions: dict[str, list[Any]] = {}
+        for kind in (FULL, RESUMED):
+            for name in list(servers):
+                if kind == RESUMED and not sessions.get(name):
+                    bench.skip(STORM, storm_case(kind, clients), name, "no sessions")
+                    continue
+                log(f"storm: {name}: {clients:,} clients, {kind} handshakes")
+                try:
+                    server = servers[name]
+                    server.check_alive()
+                    before = server.request("stats").get("stats") or {}
+                    result, sessions[name] = load.storm(
+                        server.address,
+                        clients,
+                        server_pid=server.pid,
+                        probe=probes[name],
+                        sessions=sessions.get(name) if kind == RESUMED else None,
+                        time_limit=s.storm_time_limit,
+                    )
+                    after = server.request("stats").get("stats") or {}
+                except Exception as exc:
+                    bench.skip(STORM, storm_case(kind, clients), name, describe(exc))
+                    continue
+                _storm_rows(bench, name, kind, result, before, after, echo_costs[name])
+
+
+def _storm_rows(
+    bench: Bench,
+    name: str,
+    kind: str,
+    result: load.StormResult,
+    before: dict[str, Any],
+    after: dict[str, Any],
+    echo_cost: float | None,
+) -> None:
+    clients = result.clients
+    case = storm_case(kind, clients)
+    refs = (
+        {}
+        if name != OURS
+        else {"trio_dtls": (f"{case}: time to the last", "trio_dtls")}
+    )
+    raw = dataclasses.asdict(result) | {
+        "stats_before": before,
+        "stats_after": after,
+        "echo_cpu_per_round_trip": echo_cost,
+    }
+    notes = [f"{result.completed:,}/{clients:,} done"]
+    if result.failed:
+        notes.append(
+            f"{result.failed:,} failed"
+            + (f" ({result.errors[0]})" if result.errors else "")
+        )
+    if result.wedged:
+        notes.append(f"{result.wedged:,} WEDGED")
+    if kind == RESUMED and result.completed:
+        notes.append(f"{result.resumed / result.completed:.0%} resumed")
+    notes.append(f"median {result.median_seconds:.2f} s")
+    notes.append(f"launch {result.launch_seconds:.2f} s")
+    notes.append(f"{result.retransmissions:,} client resends")
+    dropped = after.get("hellos_dropped_limits")
+    if isinstance(dropped, int):
+        dropped -= before.get("hellos_dropped_limits", 0)
+        notes.append(f"{dropped:,} hellos over max_handshakes")
+    timing = Row(
+        STORM,
+        f"{case}: time to the last",
+        name,
+        "s",
+        samples=[] if math.isnan(result.last_seconds) else [result.last_seconds],
+        refs=refs,
+        note="; ".join(notes),
+        raw=[raw],
+    )
+    _note_cpu(timing, [result.cpu])
+    _log_row(bench.report.add(timing))
+
+    echo_notes = [
+        f"p50 {result.echo_p50_ms:.1f}, max {result.echo_max_ms:.0f} ms",
+        f"{result.echo_round_trips:,} round trips",
+        f"{result.echo_lost} lost" if result.echo_lost else "none lost",
+        "goal < 100 ms",
+    ]
+    echo_case_name = f"{case}: echo p99, {result.echo_peers} peers"
+    _log_row(
+        bench.report.add(
+            Row(
+                STORM,
+                echo_case_name,
+                name,
+                "ms",
+                samples=[] if math.isnan(result.echo_p99_ms) else [result.echo_p99_ms],
+                refs={}
+                if name != OURS
+                else {"trio_dtls": (echo_case_name, "trio_dtls")},
+                note="; ".join(echo_notes),
+            )
+        )
+    )
+
+    cpu_row = _cpu_row(bench, name, kind, case)
+    per_handshake = result.server_cpu_per_handshake
+    if per_handshake is not None:
+        cpu_row.samples = [per_handshake * 1e6]
+    cpu_row.raw = [
+        {"server_seconds": result.cpu.server_seconds, "handshakes": result.completed}
+    ]
+    _note_cpu(cpu_row, [result.cpu])
+    notes = [
+        f"{result.completed:,} handshakes, each with its close_notify"
+        if result.completed
+        else "no handshake completed",
+        f"{result.echo_round_trips:,} echo round trips",
+    ]
+    if echo_cost is not None and result.completed:
+        share = result.echo_round_trips * echo_cost / result.completed
+        notes[-1] += f" (~{share * 1e6:.0f} us/hs at their cost before the storm)"
+    if result.wedged:
+        notes.append(f"{result.wedged:,} wedged, left out")
+    cpu_row.note = "; ".join(notes)
+    _log_row(cpu_row)
 
 
 # ----------------------------------------------------------- memory per peer
