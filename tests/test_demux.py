@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import errno
 import math
+import random
+from collections import Counter
 from typing import Any
 
 import pytest
@@ -28,6 +30,7 @@ from trio_dtlsmux._events import (
     PeerEnded,
     PeerStarted,
 )
+from trio_dtlsmux._waiting import WaitingRoom
 
 SERVER = ("192.0.2.1", 4433)
 CLIENT = ("192.0.2.2", 5000)
@@ -174,20 +177,183 @@ def test_without_a_server_context_hellos_are_dropped(client_ctx: SSL.Context) ->
     assert link.server.counters.hellos_dropped_no_server == 1
 
 
-def test_max_handshakes_sheds_verified_hellos(
+def verified_hello_from(
+    link: Link, address: tuple[str, int], client_ctx: SSL.Context, now: float = 0.0
+) -> tuple[Demux, bytes]:
+    """Another client at ``address`` does the cookie exchange with the link's
+    server; returns that client and its verified hello, not yet delivered."""
+    client = Demux(link.config, None)
+    _, (out, _) = client.connect(client_ctx, SERVER, server_hostname=None, now=now)
+    [reply] = link.server.receive_datagram(out[0], address, now)[0]
+    [hello] = client.receive_datagram(reply, SERVER, now)[0]
+    return client, hello
+
+
+def test_a_verified_hello_over_max_handshakes_waits_for_a_slot(
     server_ctx: SSL.Context, client_ctx: SSL.Context
 ) -> None:
     link = Link(server_ctx, client_ctx, EndpointConfig(max_handshakes=1))
-    first = link.verified_hello()
-    link.server.receive_datagram(first, CLIENT, 0.0)
-    # A second client, whose verified hello finds the limit reached.
-    other = Demux(link.config, None)
-    _, (out, _) = other.connect(client_ctx, SERVER, server_hostname=None, now=0.0)
-    [reply] = link.server.receive_datagram(out[0], OTHER, 0.0)[0]
-    [hello2] = other.receive_datagram(reply, SERVER, 0.0)[0]
-    assert link.server.receive_datagram(hello2, OTHER, 0.0) == ([], [])
+    link.connect()
+    link.step()
+    link.step()  # the first client's verified hello is on its way
+    other, hello2 = verified_hello_from(link, OTHER, client_ctx)
+    link.step()  # ... and takes the only slot
+    assert link.server.handshaking == 1
+    # The second verified hello finds the slot taken: no association, no
+    # reply, just its bytes in the waiting room (retransmissions included).
+    for _ in range(3):
+        assert link.server.receive_datagram(hello2, OTHER, 0.0) == ([], [])
+    assert (link.server.peers, link.server.waiting) == (1, 1)
+    assert link.server.counters.hellos_dropped_limits == 0
+    assert not link.server.can_admit
+    assert link.server.admit_waiting(0.0, 16) == ([], [])
+    # The first handshake ends; the waiting hello gets the slot.
+    link.run()
+    assert link.server.get(CLIENT).state is State.ESTABLISHED
+    assert link.server.can_admit
+    sends, events = link.server.admit_waiting(0.5, 16)
+    [(address, flight)] = sends
+    assert address == OTHER and flight
+    [started] = of(PeerStarted, events)
+    assert started.association.address == OTHER
+    assert (link.server.peers, link.server.waiting) == (2, 0)
+    # The second client completes with the flight it was sent.
+    pending = list(flight)
+    while pending:
+        replies = []
+        for datagram in pending:
+            replies += other.receive_datagram(datagram, SERVER, 0.5)[0]
+        pending = []
+        for datagram in replies:
+            pending += link.server.receive_datagram(datagram, OTHER, 0.5)[0]
+    assert link.server.get(OTHER).state is State.ESTABLISHED
+    assert link.server.counters.handshakes_completed == 2
+
+
+def test_the_waiting_room_admits_everyone_a_slice_at_a_time(
+    server_ctx: SSL.Context, client_ctx: SSL.Context
+) -> None:
+    config = EndpointConfig(max_handshakes=3)
+    link = Link(server_ctx, client_ctx, config)
+    addresses = [("192.0.2.9", 7000 + i) for i in range(6)]
+    hellos = {}
+    for address in addresses:
+        _, hellos[address] = verified_hello_from(link, address, client_ctx)
+        link.server.receive_datagram(hellos[address], address, 0.0)
+    assert (link.server.handshaking, link.server.waiting) == (3, 3)
+    # Free the slots: the three handshakes time out. The waiting clients
+    # have kept resending their hellos meanwhile.
+    now = config.handshake_timeout + 1
+    for address in addresses[:3]:
+        link.server.handle_timer(link.server.get(address), now)
+    for address in addresses[3:]:
+        assert link.server.receive_datagram(hellos[address], address, now - 0.5) == ([], [])
+    assert (link.server.handshaking, link.server.waiting) == (0, 3)
+    sends, _ = link.server.admit_waiting(now, 2)
+    first = [address for address, _ in sends]
+    assert len(first) == 2 and link.server.can_admit
+    sends, _ = link.server.admit_waiting(now, 2)
+    second = [address for address, _ in sends]
+    assert sorted(first + second) == addresses[3:]
+    assert not link.server.can_admit and link.server.waiting == 0
+
+
+def test_the_waiting_room_draws_at_random() -> None:
+    """A client stuck behind stalled half-open handshakes gets the same
+    chance as any other at each free slot: its place in line is no penalty."""
+    room = WaitingRoom(1.0, 60.0, random.Random(7))
+    hello = rec.ClientHello(record_seq=0, version=0, random=b"", cookie=b"", cookie_input=b"")
+    first_draws: Counter[int] = Counter()
+    for _ in range(400):
+        for port in range(10):
+            room.put(("192.0.2.9", port), hello, b"", 0.0)
+        # A retransmission refreshes an entry; it does not add one.
+        room.put(("192.0.2.9", 9), hello, b"again", 1.0)
+        assert len(room) == 10
+        key, _, _, _ = room.draw(1.0)
+        first_draws[key[1]] += 1
+        drawn = {key[1]} | {room.draw(1.0)[0][1] for _ in range(9)}
+        assert drawn == set(range(10)) and len(room) == 0
+    # Each of the 10 came first about 40 times in 400; first come first
+    # served would give port 0 all 400.
+    assert min(first_draws.values()) >= 15 and max(first_draws.values()) <= 70
+
+
+def test_waiting_hellos_count_against_max_connections(
+    server_ctx: SSL.Context, client_ctx: SSL.Context
+) -> None:
+    link = Link(server_ctx, client_ctx, EndpointConfig(max_handshakes=1, max_connections=2))
+    addresses = [("192.0.2.9", 7000 + i) for i in range(3)]
+    for address in addresses:
+        _, hello = verified_hello_from(link, address, client_ctx)
+        assert link.server.receive_datagram(hello, address, 0.0) == ([], []) or (
+            address == addresses[0]
+        )
+    # One handshaking, one waiting, and the third shed: together they would
+    # be more peers than max_connections allows.
+    assert (link.server.peers, link.server.waiting) == (1, 1)
     assert link.server.counters.hellos_dropped_limits == 1
-    assert link.server.peers == 1
+
+
+def test_a_waiting_hello_whose_client_went_quiet_is_shed(
+    server_ctx: SSL.Context, client_ctx: SSL.Context
+) -> None:
+    config = EndpointConfig(max_handshakes=1, handshake_timeout=10.0)
+    link = Link(server_ctx, client_ctx, config)
+    first, second, third = (("192.0.2.9", 7000 + i) for i in range(3))
+    hellos = {}
+    for address in (first, second, third):
+        _, hellos[address] = verified_hello_from(link, address, client_ctx)
+        link.server.receive_datagram(hellos[address], address, 0.0)
+    assert link.server.waiting == 2
+    # The third client resends its hello as its doubling timer says (1, 2,
+    # 4, 8 s later); the second was heard once, 15 s ago: it has given up.
+    for when in (1.0, 3.0, 7.0, 15.0):
+        link.server.receive_datagram(hellos[third], third, when)
+    link.server.handle_timer(link.server.get(first), 11.0)  # its handshake times out
+    admitted = []
+    while link.server.waiting:
+        sends, _ = link.server.admit_waiting(15.5, 16)
+        admitted += [address for address, _ in sends]
+        for address in admitted:  # free the slot again, whoever took it
+            association = link.server.get(address)
+            if association is not None:
+                link.server.handle_timer(association, 30.0)
+    assert admitted == [third]
+    assert link.server.counters.hellos_dropped_limits == 1
+
+
+def test_the_waiting_room_judges_a_client_gone_by_its_doubling_timer() -> None:
+    hello = rec.ClientHello(record_seq=0, version=0, random=b"", cookie=b"", cookie_input=b"")
+    key = ("192.0.2.9", 1)
+
+    def alive_at(sent: list[float], now: float) -> bool:
+        room = WaitingRoom(1.0, 60.0, random.Random(1))
+        for when in sent:
+            room.put(key, hello, b"", when)
+        return room.draw(now)[3]
+
+    # Heard once: the first resend is due within the initial timeout.
+    assert alive_at([0.0], 1.5) and not alive_at([0.0], 1.6)
+    # Last gap 4 s: the next is due within 8 s (12 s with the margin).
+    assert alive_at([0.0, 1.0, 3.0, 7.0], 19.0)
+    assert not alive_at([0.0, 1.0, 3.0, 7.0], 19.1)
+    # The doubling stops at max_timeout.
+    assert alive_at([0.0, 50.0], 50.0 + 90.0) and not alive_at([0.0, 50.0], 50.0 + 90.5)
+
+
+def test_a_closing_endpoint_forgets_its_waiting_hellos(
+    server_ctx: SSL.Context, client_ctx: SSL.Context
+) -> None:
+    link = Link(server_ctx, client_ctx, EndpointConfig(max_handshakes=1))
+    for i in range(2):
+        address = ("192.0.2.9", 7000 + i)
+        _, hello = verified_hello_from(link, address, client_ctx)
+        link.server.receive_datagram(hello, address, 0.0)
+    assert link.server.waiting == 1
+    link.server.close_all(1.0)
+    assert link.server.waiting == 0
+    assert link.server.admit_waiting(1.0, 16) == ([], [])
 
 
 def test_a_peer_that_restarts_replaces_its_association(link: Link, client_ctx: SSL.Context) -> None:

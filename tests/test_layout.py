@@ -30,6 +30,7 @@ CORE = {
     "_recordio",
     "_records",
     "_statistics",
+    "_waiting",
     "_identity",
     "_verification",
     "contexts",

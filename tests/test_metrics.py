@@ -33,7 +33,13 @@ CLIENT = ("10.0.0.2", 5000)
 
 # Written out here rather than taken from the module, so that a renamed or
 # retyped metric fails a test.
-GAUGES = {"peers", "handshakes_in_progress", "receive_buffer", "send_buffer"}
+GAUGES = {
+    "peers",
+    "handshakes_in_progress",
+    "hellos_waiting",
+    "receive_buffer",
+    "send_buffer",
+}
 KINDS = {kind.value for kind in trio_dtlsmux.HandshakeFailure}
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]

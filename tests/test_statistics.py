@@ -22,6 +22,7 @@ def test_statistics_snapshots_are_json_ready() -> None:
         TrafficCounters(),
         peers=2,
         handshakes_in_progress=1,
+        hellos_waiting=0,
         receive_buffer=None,
         send_buffer=None,
         kernel_drops=None,
@@ -43,6 +44,7 @@ def test_counters_and_snapshots_declare_the_same_fields() -> None:
     live = {
         "peers",
         "handshakes_in_progress",
+        "hellos_waiting",
         "receive_buffer",
         "send_buffer",
         "kernel_drops",

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import socket
 
+import pytest
 import trio
 import trio.testing
 
+from trio_dtlsmux import _transport
 from trio_dtlsmux._transport import Transport
 
 from .conftest import udp_socket
@@ -39,3 +41,100 @@ async def test_newcomers_wait_for_the_rest_of_their_batch() -> None:
     transport.close()
     assert seen == [b"\x17data-1", b"\x17data-2", b"\x16hello-1", b"\x16hello-2"]
     assert transport.counters.datagrams_in == 4
+
+
+async def test_handshakes_are_served_in_slices_between_established_peers(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # With no time budget, each turn of the loop handles one datagram that
+    # may wait; whatever an established peer sent meanwhile goes first.
+    monkeypatch.setattr(_transport, "_DEFERRED_BUDGET", 0.0)
+    sock = await udp_socket()
+    transport = Transport(sock)
+    transport.open()
+    seen: list[bytes] = []
+    sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+
+    def handler(data: bytes, address: object, now: float) -> list[bytes]:
+        seen.append(data)
+        if data == b"\x16hello-1":
+            # Arrives while hello-2 and hello-3 still wait.
+            sender.sendto(b"\x17data-1", sock.getsockname())
+        return []
+
+    with sender:
+        for datagram in (b"\x16hello-1", b"\x16hello-2", b"\x16hello-3"):
+            sender.sendto(datagram, sock.getsockname())
+        with trio.fail_after(10):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(
+                    transport.receive_loop, handler, lambda data, address: data[0] == 0x16
+                )
+                while len(seen) < 4:
+                    await trio.sleep(0)
+                nursery.cancel_scope.cancel()
+    transport.close()
+    assert seen == [b"\x16hello-1", b"\x17data-1", b"\x16hello-2", b"\x16hello-3"]
+
+
+async def test_held_back_datagrams_are_bounded_and_the_excess_counted(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(_transport, "_MAX_DEFERRED", 2)
+    sock = await udp_socket()
+    transport = Transport(sock)
+    transport.open()
+    seen: list[bytes] = []
+
+    def handler(data: bytes, address: object, now: float) -> list[bytes]:
+        seen.append(data)
+        return []
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sender:
+        for i in range(4):
+            sender.sendto(b"\x16hello-%d" % i, sock.getsockname())
+        sender.sendto(b"\x17data", sock.getsockname())
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(
+                transport.receive_loop, handler, lambda data, address: data[0] == 0x16
+            )
+            while transport.counters.datagrams_in < 5:
+                await trio.testing.wait_all_tasks_blocked()
+            await trio.testing.wait_all_tasks_blocked()
+            nursery.cancel_scope.cancel()
+    transport.close()
+    # Established traffic is never the one shed.
+    assert seen == [b"\x17data", b"\x16hello-0", b"\x16hello-1"]
+    assert transport.counters.handshake_datagrams_dropped == 2
+
+
+async def test_deferred_work_runs_again_without_a_new_datagram() -> None:
+    sock = await udp_socket()
+    peer = await udp_socket()
+    transport = Transport(sock)
+    transport.open()
+    calls = 0
+
+    def after_batch(now: float) -> tuple[list[tuple[object, list[bytes]]], bool]:
+        # Three slices of work, each with a datagram to send.
+        nonlocal calls
+        calls += 1
+        if calls > 3:
+            return [], False
+        return [(peer.getsockname(), [b"slice %d" % calls])], calls < 3
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sender:
+        sender.sendto(b"\x17wake up", sock.getsockname())
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(
+                transport.receive_loop, lambda *args: [], lambda *args: False, after_batch
+            )
+            received = [(await peer.recvfrom(100))[0] for _ in range(3)]
+            await trio.testing.wait_all_tasks_blocked()
+            nursery.cancel_scope.cancel()
+    transport.close()
+    peer.close()
+    assert received == [b"slice 1", b"slice 2", b"slice 3"]
+    assert calls == 3  # and then it waited for a datagram

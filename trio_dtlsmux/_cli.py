@@ -595,6 +595,7 @@ def format_statistics(stats: EndpointStatistics) -> str:
     )
     return (
         f"stats: peers={stats.peers} handshaking={stats.handshakes_in_progress} "
+        f"waiting={stats.hellos_waiting} "
         f"handshakes={stats.handshakes_completed} failed={failed or 0} "
         f"cookies={stats.cookies_sent} bad_cookies={stats.cookie_failures} "
         f"reaped={stats.peers_reaped} restarted={stats.peers_restarted} "

@@ -18,7 +18,14 @@ time passed in:
   replace) an association;
 * **restarts** (RFC 6347, 4.2.8): a verified hello with a new random from an
   address we already serve replaces the old association;
-* **limits**: ``max_connections`` and ``max_handshakes``;
+* **limits** and the **waiting room** (:mod:`._waiting`): ``max_connections``
+  associations at most, of which ``max_handshakes`` handshaking. A verified
+  hello that finds every handshake slot taken waits, as the bytes of its
+  datagram, until :meth:`Demux.admit_waiting` draws it for a free slot;
+  waiting hellos count against ``max_connections``, and beyond that a
+  hello is shed. A storm of thousands of devices reconnecting at once is
+  then served at the speed of the CPU, instead of by the clients' doubling
+  retransmission timers;
 * **demultiplexing** (RFC 7983), when asked for: a datagram whose first
   byte is not DTLS's (STUN, RTP, RTCP on a WebRTC or SIP media socket) is
   handed to the application as ``OtherReceived``, whoever sent it;
@@ -35,6 +42,7 @@ from __future__ import annotations
 
 import errno
 import math
+import random
 import weakref
 from collections.abc import Iterator
 from typing import Any
@@ -57,6 +65,7 @@ from ._events import (
 from ._reassembly import HelloReassembler
 from ._sessions import SessionCache
 from ._statistics import EndpointCounters, EndpointStatistics, TrafficCounters
+from ._waiting import WaitingRoom
 from .contexts import check_context_role
 
 __all__ = ["Demux", "prepare_server_context"]
@@ -105,6 +114,8 @@ class Demux:
       server_context: the context for peers that connect to us, or ``None``
         (ClientHellos are then dropped and counted).
       cookies: the cookie jar; by default a fresh one with a random secret.
+      rng: the waiting room's draws (tests replay them); by default seeded
+        from the operating system.
     """
 
     def __init__(
@@ -113,6 +124,7 @@ class Demux:
         server_context: SSL.Context | None,
         *,
         cookies: CookieJar | None = None,
+        rng: random.Random | None = None,
     ) -> None:
         if server_context is not None:
             prepare_server_context(server_context)
@@ -123,6 +135,14 @@ class Demux:
         self._table: dict[tuple[Any, ...], Association] = {}
         self._handshaking: set[Association] = set()
         self._spent_hellos: dict[tuple[tuple[Any, ...], bytes], float] = {}
+        #: Handshakes a verified hello may still start at once, before the
+        #: Trio layer's next turn (it sets this per receive batch, so that a
+        #: burst of hellos cannot hold up the peers already there); the
+        #: others wait for :meth:`admit_waiting`. Unlimited by default.
+        self.starts_left: float = math.inf
+        self._waiting = WaitingRoom(
+            config.initial_retransmit_timeout, config.max_retransmit_timeout, rng
+        )
         self._cookies = cookies or CookieJar(lifetime=config.cookie_lifetime)
         self._reassembly = HelloReassembler()
         self._sessions = SessionCache(config.session_cache)
@@ -146,6 +166,17 @@ class Demux:
         """Associations still handshaking."""
         return len(self._handshaking)
 
+    @property
+    def waiting(self) -> int:
+        """Verified hellos waiting for a handshake slot."""
+        return len(self._waiting)
+
+    @property
+    def can_admit(self) -> bool:
+        """Whether :meth:`admit_waiting` has work: a hello waits, and a
+        slot is free."""
+        return bool(self._waiting) and self._slot_free()
+
     def get(self, address: Any) -> Association | None:
         """The association with ``address``, if there is one."""
         return self._table.get(normalize_address(address))
@@ -161,6 +192,7 @@ class Demux:
             traffic,
             peers=len(self._table),
             handshakes_in_progress=len(self._handshaking),
+            hellos_waiting=len(self._waiting),
             fragmented_hellos_completed=reassembly.hellos_reassembled,
             hello_fragments_dropped=(
                 reassembly.datagrams_malformed
@@ -177,19 +209,22 @@ class Demux:
     def stop_accepting(self) -> None:
         """From now on, ClientHellos are dropped (the endpoint is closing)."""
         self._accepting = False
+        self._waiting.clear()
 
     # -- input -----------------------------------------------------------------
 
     def can_wait(self, data: bytes, address: Any) -> bool:
-        """Whether ``data`` may wait for the rest of its receive batch: a
-        handshake record from an address without an association (a new
-        peer's hello). Under a storm of new handshakes, the peers already
-        there (established, or finishing their handshake) go first, and
-        the cheapest work (a cookie) and the shedding happen last."""
-        if not rec.starts_with_handshake(data):
-            return False
+        """Whether ``data`` may wait while established peers are served
+        first: a handshake record from an address without an association
+        (a new peer's hello), or anything from a peer still handshaking
+        (all of it, so that its datagrams keep their order). Under a storm
+        of handshakes, the peers already there keep their round trips, and
+        the handshakes' work and the shedding happen in what time is left."""
         key = address if len(address) == 2 else normalize_address(address)
-        return key not in self._table
+        association = self._table.get(key)
+        if association is None:
+            return rec.starts_with_handshake(data)
+        return association in self._handshaking
 
     def receive_datagram(self, data: bytes, address: Any, now: float) -> Output:
         """One datagram from ``address``: returns the replies to it, and events."""
@@ -405,9 +440,53 @@ class Demux:
         reply = self._check_cookie(hello, data, key, now)
         if reply is not None:
             return reply, []
-        if not self._within_limits():
+        waiting = self._waiting
+        if key in waiting:
+            # A retransmission: the client is still there.
+            waiting.put(key, hello, data, now)
             return [], []
-        return self._new_server_peer(hello, data, key, now)
+        if not waiting and self.starts_left > 0 and self._slot_free():
+            self.starts_left -= 1
+            return self._new_server_peer(hello, data, key, now)
+        if len(self._table) + len(waiting) >= self.config.max_connections:
+            counters.hellos_dropped_limits += 1
+            return [], []
+        waiting.put(key, hello, data, now)
+        return [], []
+
+    def admit_waiting(
+        self, now: float, limit: int
+    ) -> tuple[list[tuple[Any, list[bytes]]], list[Event]]:
+        """Start handshakes for up to ``limit`` waiting hellos, drawn at
+        random, while there are free slots; the caller calls again once the
+        peers already there have had their turn.
+
+        A hello whose client has stopped resending it (see
+        :mod:`._waiting`) is shed on the way and counted in
+        ``hellos_dropped_limits``. Returns the first flights as ``(address,
+        datagrams)`` pairs, and events.
+        """
+        waiting = self._waiting
+        sends: list[tuple[Any, list[bytes]]] = []
+        events: list[Event] = []
+        while waiting and limit > 0 and self._slot_free():
+            key, hello, data, alive = waiting.draw(now)
+            if not alive or key in self._table:
+                self.counters.hellos_dropped_limits += 1
+                continue
+            out, started = self._new_server_peer(hello, data, key, now)
+            if out:
+                sends.append((key, out))
+            events.extend(started)
+            limit -= 1
+        return sends, events
+
+    def _slot_free(self) -> bool:
+        config = self.config
+        return (
+            len(self._handshaking) < config.max_handshakes
+            and len(self._table) < config.max_connections
+        )
 
     def _maybe_restart(
         self, association: Association, data: bytes, key: tuple[Any, ...], now: float

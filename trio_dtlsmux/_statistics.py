@@ -77,6 +77,9 @@ class EndpointStatistics(_Snapshot):
     Attributes:
       peers: associations now held (established and handshaking).
       handshakes_in_progress: associations still handshaking.
+      hellos_waiting: ClientHellos that passed the cookie check and wait
+        for a handshake slot (``max_handshakes`` were in progress when they
+        came); they are served in the order they came.
       handshakes_completed: handshakes that finished, both roles.
       handshakes_failed: failed handshakes by reason: ``"timeout"``
         (``handshake_timeout`` passed), ``"alert"`` (the peer sent a fatal
@@ -94,8 +97,10 @@ class EndpointStatistics(_Snapshot):
       peers_reaped: associations removed after ``idle_timeout``.
       peers_restarted: associations replaced by a new handshake from the same
         address.
-      hellos_dropped_limits: verified ClientHellos dropped because
-        ``max_connections`` or ``max_handshakes`` was reached.
+      hellos_dropped_limits: verified ClientHellos shed: the peers and the
+        waiting hellos already made ``max_connections``, or the hello
+        waited longer than ``handshake_timeout`` for a slot, or (a peer
+        restarting at an address we serve) every slot was taken.
       hellos_dropped_no_server: ClientHellos dropped because the endpoint has
         no ``server_context``.
       other_received: datagrams that are not DTLS (RFC 7983: STUN, RTP, ...)
@@ -108,6 +113,10 @@ class EndpointStatistics(_Snapshot):
       bytes_out: their total size in bytes.
       socket_errors: errors from the socket that the endpoint survived (ICMP
         unreachable, ENOBUFS, ...).
+      handshake_datagrams_dropped: datagrams of handshakes (new peers'
+        hellos, and whatever peers still handshaking send) dropped on
+        arrival because 4,096 such datagrams were already held back while
+        established peers were served first. Their senders retransmit.
       receive_buffer: the socket's receive buffer in bytes, as the kernel
         reports it (Linux reports twice the size set: the budget it counts
         queued datagrams against), or ``None`` if unknown. See the endpoint
@@ -129,6 +138,7 @@ class EndpointStatistics(_Snapshot):
 
     peers: int
     handshakes_in_progress: int
+    hellos_waiting: int
     handshakes_completed: int
     handshakes_failed: Mapping[str, int]
     cookies_sent: int
@@ -146,6 +156,7 @@ class EndpointStatistics(_Snapshot):
     datagrams_out: int
     bytes_out: int
     socket_errors: int
+    handshake_datagrams_dropped: int
     receive_buffer: int | None
     send_buffer: int | None
     kernel_drops: int | None
@@ -183,6 +194,7 @@ class TrafficCounters:
     datagrams_out: int = 0
     bytes_out: int = 0
     socket_errors: int = 0
+    handshake_datagrams_dropped: int = 0
 
 
 @attrs.define(slots=True)

@@ -35,6 +35,8 @@ from __future__ import annotations
 import errno
 import os
 import socket as _stdlib_socket
+import time
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -53,7 +55,12 @@ from ._statistics import TrafficCounters
 __all__ = ["DatagramHandler", "ErrorHandler", "Transport"]
 
 _RECV_SIZE = 65536
-_RECV_BATCH = 64
+#: Datagrams read per turn of the receive task.
+_RECV_BATCH = 1024
+#: Datagrams that may wait (handshakes) held back at most, across turns.
+_MAX_DEFERRED = 4096
+#: Seconds of each turn spent on the datagrams that wait, at most.
+_DEFERRED_BUDGET = 0.005
 
 #: ``handler(data, address, now) -> replies to address``
 DatagramHandler = Callable[[bytes, Any, float], list[bytes]]
@@ -62,8 +69,18 @@ DatagramHandler = Callable[[bytes, Any, float], list[bytes]]
 Triage = Callable[[bytes, Any], bool]
 
 
+#: ``after_batch(now) -> (sends, more)``: work deferred to the end of a batch
+#: (waiting hellos admitted): ``(address, datagrams)`` pairs to send, and
+#: whether more is ready to run after the other tasks have had a turn.
+AfterBatch = Callable[[float], tuple[list[tuple[Any, list[bytes]]], bool]]
+
+
 def _never(data: bytes, address: Any) -> bool:
     return False
+
+
+def _nothing_after(now: float) -> tuple[list[tuple[Any, list[bytes]]], bool]:
+    return [], False
 #: ``on_errors(errors, now)``: ICMP errors from the socket's error queue
 ErrorHandler = Callable[[list[SocketError], float], None]
 
@@ -271,7 +288,10 @@ class Transport:
 
     @trio.lowlevel.enable_ki_protection
     async def receive_loop(
-        self, handler: DatagramHandler, can_wait: Triage = _never
+        self,
+        handler: DatagramHandler,
+        can_wait: Triage = _never,
+        after_batch: AfterBatch = _nothing_after,
     ) -> None:
         """Read datagrams until the socket closes, handing each to
         ``handler`` and sending the replies it returns.
@@ -279,20 +299,36 @@ class Transport:
         Within each batch, the datagrams for which ``can_wait`` is true
         (newcomers' hellos) are handled after all the others, so that under
         a storm of handshakes the peers already there are served first.
+        After each batch ``after_batch`` runs the deferred work (a slice of
+        the hellos waiting for a handshake slot); while it says more is
+        ready, the loop only yields to the other tasks before reading and
+        running it again, instead of waiting for the next datagram.
 
         Ctrl-C never lands in the middle of routing a datagram: the task
         is protected, so Trio delivers the ``KeyboardInterrupt`` to the
         main task at its next checkpoint instead.
         """
         if self._raw is None:
-            await self._receive_one_at_a_time(handler)
+            await self._receive_one_at_a_time(handler, after_batch)
         else:
-            await self._receive_batched(self._raw, handler, can_wait)
+            await self._receive_batched(self._raw, handler, can_wait, after_batch)
 
-    async def _receive_one_at_a_time(self, handler: DatagramHandler) -> None:
+    async def _run_after(self, after_batch: AfterBatch, now: float) -> bool:
+        """Run the deferred work once and send what it made; whether more
+        is ready."""
+        sends, more = after_batch(now)
+        for address, datagrams in sends:
+            await self.send(datagrams, address)
+        return more
+
+    async def _receive_one_at_a_time(
+        self, handler: DatagramHandler, after_batch: AfterBatch
+    ) -> None:
         sock = self.sock
         counters = self.counters
         while True:
+            while await self._run_after(after_batch, trio.current_time()):
+                await trio.lowlevel.checkpoint()
             try:
                 data, address = await sock.recvfrom(_RECV_SIZE)
             except OSError as exc:
@@ -311,7 +347,11 @@ class Transport:
                 await self.send(replies, address)
 
     async def _receive_batched(
-        self, raw: _stdlib_socket.socket, handler: DatagramHandler, can_wait: Triage
+        self,
+        raw: _stdlib_socket.socket,
+        handler: DatagramHandler,
+        can_wait: Triage,
+        after_batch: AfterBatch,
     ) -> None:
         """Everything the kernel has queued, read per wake-up of the task.
 
@@ -321,14 +361,24 @@ class Transport:
         """
         counters = self.counters
         recvfrom = raw.recvfrom
+        clock = time.perf_counter
+        more = False
+        # Datagrams that may wait (handshakes), oldest first, kept across
+        # turns while established peers are served first.
+        later: deque[tuple[bytes, Any]] = deque()
         while True:
+            polled = more
             try:
-                await trio.lowlevel.wait_readable(raw)
+                if more:
+                    # Work is ready: let the other tasks run, then read what
+                    # came meanwhile (if anything) and go on.
+                    await trio.lowlevel.checkpoint()
+                else:
+                    await trio.lowlevel.wait_readable(raw)
             except (trio.ClosedResourceError, OSError):
                 return
             now = trio.current_time()
             received = False
-            later: list[tuple[bytes, Any]] = []
             for _ in range(_RECV_BATCH):
                 try:
                     data, address = recvfrom(_RECV_SIZE)
@@ -346,16 +396,25 @@ class Transport:
                 counters.datagrams_in += 1
                 counters.bytes_in += len(data)
                 if can_wait(data, address):
-                    later.append((data, address))
+                    if len(later) < _MAX_DEFERRED:
+                        later.append((data, address))
+                    else:
+                        counters.handshake_datagrams_dropped += 1
                     continue
                 replies = handler(data, address, now)
                 if replies:
                     await self.send(replies, address)
-            for data, address in later:
-                replies = handler(data, address, now)
-                if replies:
-                    await self.send(replies, address)
-            if not received:
+            if later:
+                budget_end = clock() + _DEFERRED_BUDGET
+                while later:
+                    data, address = later.popleft()
+                    replies = handler(data, address, now)
+                    if replies:
+                        await self.send(replies, address)
+                    if clock() >= budget_end:
+                        break
+            more = await self._run_after(after_batch, now) or bool(later)
+            if not received and not polled:
                 # Woken with nothing to read: the error queue has something
                 # (its errors keep the socket readable until drained).
                 self._drain_errors(now)

@@ -127,6 +127,10 @@ _GAUGE = "gauge"
 _KNOWN: dict[str, tuple[str, str]] = {
     "peers": (_GAUGE, "Associations held now, established and handshaking."),
     "handshakes_in_progress": (_GAUGE, "Associations still handshaking."),
+    "hellos_waiting": (
+        _GAUGE,
+        "Verified ClientHellos waiting for a handshake slot (max_handshakes).",
+    ),
     "handshakes_completed": (_COUNTER, "Handshakes that finished, in both roles."),
     "handshakes_failed": (
         _COUNTER,
@@ -150,7 +154,13 @@ _KNOWN: dict[str, tuple[str, str]] = {
     ),
     "hellos_dropped_limits": (
         _COUNTER,
-        "Verified ClientHellos dropped at max_connections or max_handshakes.",
+        "Verified ClientHellos shed at max_connections, or after waiting "
+        "handshake_timeout for a handshake slot.",
+    ),
+    "handshake_datagrams_dropped": (
+        _COUNTER,
+        "Handshake datagrams dropped on arrival: 4,096 were already held back "
+        "while established peers went first.",
     ),
     "hellos_dropped_no_server": (
         _COUNTER,
