@@ -53,10 +53,13 @@ async def test_handshakes_are_served_in_slices_between_established_peers(
     transport = Transport(sock)
     transport.open()
     seen: list[bytes] = []
+    all_seen = trio.Event()
     sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
 
     def handler(data: bytes, address: object, now: float) -> list[bytes]:
         seen.append(data)
+        if len(seen) == 4:
+            all_seen.set()
         if data == b"\x16hello-1":
             # Arrives while hello-2 and hello-3 still wait.
             sender.sendto(b"\x17data-1", sock.getsockname())
@@ -70,8 +73,7 @@ async def test_handshakes_are_served_in_slices_between_established_peers(
                 nursery.start_soon(
                     transport.receive_loop, handler, lambda data, address: data[0] == 0x16
                 )
-                while len(seen) < 4:
-                    await trio.sleep(0)
+                await all_seen.wait()
                 nursery.cancel_scope.cancel()
     transport.close()
     assert seen == [b"\x16hello-1", b"\x17data-1", b"\x16hello-2", b"\x16hello-3"]
