@@ -292,6 +292,39 @@ async def test_reaped_peers_are_freed(
         assert server.connections() == []
 
 
+async def test_ended_peers_need_no_cycle_collector(
+    autojump_clock: trio.testing.MockClock, server_ctx: SSL.Context, client_ctx: SSL.Context
+) -> None:
+    """A storm of short-lived clients ends thousands of peers: each must be
+    freed as soon as nothing holds its connection, by reference counting,
+    not left in a cycle (peer <-> connection) for a full collection to find
+    among every live object."""
+    net = FakeNetwork()
+    refs: list[weakref.ref[object]] = []
+    gc.collect()
+    gc.disable()
+    try:
+        async with DtlsEndpoint(
+            await fake_socket(net, *SERVER), server_context=server_ctx
+        ) as server:
+            async with DtlsEndpoint(await fake_socket(net, *CLIENT)) as client:
+                for _ in range(5):
+                    conn = await client.connect(SERVER, client_ctx, server_hostname=False)
+                    theirs = await server.accept()
+                    refs.append(weakref.ref(theirs))
+                    refs.append(weakref.ref(conn))
+                    await conn.send(b"bye")
+                    assert await theirs.receive() == b"bye"
+                    await conn.aclose()
+                    with pytest.raises(trio.EndOfChannel):
+                        await theirs.receive()
+                    del conn, theirs
+                await trio.testing.wait_all_tasks_blocked()
+                assert [r for r in refs if r() is not None] == []
+    finally:
+        gc.enable()
+
+
 async def test_statistics_count_traffic(
     autojump_clock: trio.testing.MockClock, server_ctx: SSL.Context, client_ctx: SSL.Context
 ) -> None:

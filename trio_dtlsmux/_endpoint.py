@@ -110,7 +110,11 @@ class _Peer:
         )
         self.handshake_done = trio.Event()
         self.timer: trio.CancelScope | None = None
-        self.connection: DtlsConnection = DtlsConnection._create(self)
+        # The connection holds this peer (its link) and this peer holds the
+        # connection until the association ends; then only the user's
+        # handle keeps them, so an ended peer is freed by reference counting
+        # rather than left for the cycle collector (a storm ends thousands).
+        self.connection: DtlsConnection | None = DtlsConnection._create(self)
 
     async def transmit(self, datagrams: list[bytes]) -> None:
         if datagrams:
@@ -299,7 +303,7 @@ class DtlsEndpoint:
         return [
             peer.connection
             for peer in self._peers.values()
-            if peer.association.state is State.ESTABLISHED
+            if peer.association.state is State.ESTABLISHED and peer.connection is not None
         ]
 
     async def accept(self) -> DtlsConnection:
@@ -517,7 +521,9 @@ class DtlsEndpoint:
                 kind=HandshakeFailure.ABORTED,
                 peer_address=key,
             )
-        return peer.connection
+        connection = peer.connection
+        assert connection is not None  # the association is established
+        return connection
 
     async def _resolve(self, address: tuple[Any, ...]) -> tuple[Any, ...]:
         host, port = address[0], address[1]
@@ -620,7 +626,7 @@ class DtlsEndpoint:
             self._write_keylog(event.keylog_line)
         peer.handshake_done.set()
         self._rearm(event.association)
-        if event.association.role is Role.SERVER:
+        if event.association.role is Role.SERVER and peer.connection is not None:
             try:
                 self._accept_send.send_nowait(peer.connection)
             except (trio.ClosedResourceError, trio.BrokenResourceError):
@@ -642,6 +648,7 @@ class DtlsEndpoint:
         peer.handshake_done.set()
         if peer.timer is not None:
             peer.timer.cancel()
+        peer.connection = None
 
     def _close_association(self, association: Association) -> list[bytes]:
         """A connection is closed by its user: end it, return the goodbye."""
