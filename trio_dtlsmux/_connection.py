@@ -5,7 +5,7 @@ Theory of operation
 
 A :class:`DtlsConnection` is a thin handle over a :class:`PeerLink`, the
 narrow interface the endpoint gives it for one peer: the association
-(protocol state), the peer's inbox (a bounded trio memory channel that the
+(protocol state), the peer's inbox (:mod:`._inbox`, bounded, that the
 receive task fills with ``send_nowait``), a way to transmit datagrams and a
 way to end the association. It knows nothing else of the endpoint. The
 connection turns the association's end state into the exception Trio users
@@ -26,6 +26,7 @@ from cryptography import x509
 from OpenSSL import SSL
 
 from ._association import Association, State
+from ._inbox import Inbox
 from ._sessions import session_to_bytes
 from ._statistics import ConnectionStatistics
 from ._util import NoPublicConstructor
@@ -38,7 +39,7 @@ class PeerLink(Protocol):
     def association(self) -> Association: ...
 
     @property
-    def inbox(self) -> trio.MemoryReceiveChannel[bytes]: ...
+    def inbox(self) -> Inbox: ...
 
     async def transmit(self, datagrams: list[bytes]) -> None:
         """Send datagrams to the peer, in order (socket errors are counted)."""
@@ -209,7 +210,7 @@ class DtlsConnection(trio.abc.Channel[bytes], metaclass=NoPublicConstructor):
         """
         if not self._closed:
             self._closed = True
-            self._inbox.close()
+            self._inbox.close_receiving()
             # Usually the kernel takes it at once, cancelled or not; a send
             # that would have to wait is given up if the call is cancelled.
             await self._link.transmit(self._link.close())

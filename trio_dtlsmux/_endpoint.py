@@ -55,6 +55,7 @@ from ._events import (
     PeerEnded,
     PeerStarted,
 )
+from ._inbox import Inbox
 from ._kernel import SocketError
 from ._logs import FailureLog
 from ._records import is_dtls
@@ -98,16 +99,13 @@ class _Peer:
         "connection",
         "handshake_done",
         "inbox",
-        "inbox_send",
         "timer",
     )
 
     def __init__(self, endpoint: DtlsEndpoint, association: Association) -> None:
         self._endpoint = endpoint
         self.association = association
-        self.inbox_send, self.inbox = trio.open_memory_channel[bytes](
-            endpoint.config.inbox_size
-        )
+        self.inbox = Inbox(endpoint.config.inbox_size)
         self.handshake_done = trio.Event()
         self.timer: trio.CancelScope | None = None
         # The connection holds this peer (its link) and this peer holds the
@@ -589,7 +587,7 @@ class DtlsEndpoint:
                 try:
                     if peer is None:
                         raise trio.ClosedResourceError
-                    peer.inbox_send.send_nowait(event.data)
+                    peer.inbox.send_nowait(event.data)
                 except (trio.WouldBlock, trio.ClosedResourceError, trio.BrokenResourceError):
                     # Never block the receive task on one peer: drop, count.
                     event.association.message_dropped()
@@ -644,7 +642,7 @@ class DtlsEndpoint:
         peer = self._peers.pop(event.association, None)
         if peer is None:
             return
-        peer.inbox_send.close()
+        peer.inbox.close_sending()
         peer.handshake_done.set()
         if peer.timer is not None:
             peer.timer.cancel()
