@@ -26,18 +26,19 @@ async def test_a_waiting_reader_gets_the_message_even_with_no_room() -> None:
     inbox = Inbox(0)
     with pytest.raises(trio.WouldBlock):
         inbox.send_nowait(b"nobody waits")
-    got: list[bytes] = []
+    got: dict[int, bytes] = {}
+
+    async def reader(index: int) -> None:
+        got[index] = await inbox.receive()
+
     async with trio.open_nursery() as nursery:
-        for _ in range(2):
-            nursery.start_soon(lambda: _append(got, inbox))
+        for index in range(2):
+            nursery.start_soon(reader, index)
             await trio.testing.wait_all_tasks_blocked()
         inbox.send_nowait(b"first")
         inbox.send_nowait(b"second")
-    assert got == [b"first", b"second"]  # readers in the order they came
-
-
-async def _append(got: list[bytes], inbox: Inbox) -> None:
-    got.append(await inbox.receive())
+    # Readers are served in the order they started waiting.
+    assert got == {0: b"first", 1: b"second"}
 
 
 async def test_close_sending_lets_readers_drain_then_end() -> None:
