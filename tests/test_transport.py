@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+from collections.abc import Awaitable, Callable
 
 import pytest
 import trio
@@ -14,12 +15,35 @@ from trio_dtlsmux._transport import Transport
 from .conftest import udp_socket
 
 
+def is_handshake(data: bytes, address: object) -> bool:
+    return data[0] == 0x16
+
+
+async def open_transport() -> Transport:
+    transport = Transport(await udp_socket())
+    transport.open()
+    return transport
+
+
+async def run_until(
+    transport: Transport,
+    handler: Callable[[bytes, object, float], list[bytes]],
+    done: Callable[[], Awaitable[object]],
+) -> None:
+    """Run the receive loop (handshake records may wait) until ``done()``
+    returns, then close the transport."""
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(transport.receive_loop, handler, is_handshake)
+            await done()
+            nursery.cancel_scope.cancel()
+    transport.close()
+
+
 async def test_newcomers_wait_for_the_rest_of_their_batch() -> None:
     # Under a storm of hellos, the peers already there are served first:
     # within a batch, what can_wait marks is handled after the others.
-    sock = await udp_socket()
-    transport = Transport(sock)
-    transport.open()
+    transport = await open_transport()
     seen: list[bytes] = []
 
     def handler(data: bytes, address: object, now: float) -> list[bytes]:
@@ -29,16 +53,13 @@ async def test_newcomers_wait_for_the_rest_of_their_batch() -> None:
     datagrams = [b"\x16hello-1", b"\x17data-1", b"\x16hello-2", b"\x17data-2"]
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sender:
         for datagram in datagrams:  # all queued before the loop reads any
-            sender.sendto(datagram, sock.getsockname())
-    with trio.fail_after(10):
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(
-                transport.receive_loop, handler, lambda data, address: data[0] == 0x16
-            )
-            while len(seen) < len(datagrams):
-                await trio.testing.wait_all_tasks_blocked()
-            nursery.cancel_scope.cancel()
-    transport.close()
+            sender.sendto(datagram, transport.sock.getsockname())
+
+    async def all_seen() -> None:
+        while len(seen) < len(datagrams):
+            await trio.testing.wait_all_tasks_blocked()
+
+    await run_until(transport, handler, all_seen)
     assert seen == [b"\x17data-1", b"\x17data-2", b"\x16hello-1", b"\x16hello-2"]
     assert transport.counters.datagrams_in == 4
 
@@ -49,9 +70,8 @@ async def test_handshakes_are_served_in_slices_between_established_peers(
     # With no time budget, each turn of the loop handles one datagram that
     # may wait; whatever an established peer sent meanwhile goes first.
     monkeypatch.setattr(_transport, "_DEFERRED_BUDGET", 0.0)
-    sock = await udp_socket()
-    transport = Transport(sock)
-    transport.open()
+    transport = await open_transport()
+    target = transport.sock.getsockname()
     seen: list[bytes] = []
     all_seen = trio.Event()
     sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -62,20 +82,13 @@ async def test_handshakes_are_served_in_slices_between_established_peers(
             all_seen.set()
         if data == b"\x16hello-1":
             # Arrives while hello-2 and hello-3 still wait.
-            sender.sendto(b"\x17data-1", sock.getsockname())
+            sender.sendto(b"\x17data-1", target)
         return []
 
     with sender:
         for datagram in (b"\x16hello-1", b"\x16hello-2", b"\x16hello-3"):
-            sender.sendto(datagram, sock.getsockname())
-        with trio.fail_after(10):
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(
-                    transport.receive_loop, handler, lambda data, address: data[0] == 0x16
-                )
-                await all_seen.wait()
-                nursery.cancel_scope.cancel()
-    transport.close()
+            sender.sendto(datagram, target)
+        await run_until(transport, handler, all_seen.wait)
     assert seen == [b"\x16hello-1", b"\x17data-1", b"\x16hello-2", b"\x16hello-3"]
 
 
@@ -83,9 +96,7 @@ async def test_held_back_datagrams_are_bounded_and_the_excess_counted(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setattr(_transport, "_MAX_DEFERRED", 2)
-    sock = await udp_socket()
-    transport = Transport(sock)
-    transport.open()
+    transport = await open_transport()
     seen: list[bytes] = []
 
     def handler(data: bytes, address: object, now: float) -> list[bytes]:
@@ -94,28 +105,23 @@ async def test_held_back_datagrams_are_bounded_and_the_excess_counted(
 
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sender:
         for i in range(4):
-            sender.sendto(b"\x16hello-%d" % i, sock.getsockname())
-        sender.sendto(b"\x17data", sock.getsockname())
-    with trio.fail_after(10):
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(
-                transport.receive_loop, handler, lambda data, address: data[0] == 0x16
-            )
-            while transport.counters.datagrams_in < 5:
-                await trio.testing.wait_all_tasks_blocked()
+            sender.sendto(b"\x16hello-%d" % i, transport.sock.getsockname())
+        sender.sendto(b"\x17data", transport.sock.getsockname())
+
+    async def all_read() -> None:
+        while transport.counters.datagrams_in < 5:
             await trio.testing.wait_all_tasks_blocked()
-            nursery.cancel_scope.cancel()
-    transport.close()
+        await trio.testing.wait_all_tasks_blocked()
+
+    await run_until(transport, handler, all_read)
     # Established traffic is never the one shed.
     assert seen == [b"\x17data", b"\x16hello-0", b"\x16hello-1"]
     assert transport.counters.handshake_datagrams_dropped == 2
 
 
 async def test_deferred_work_runs_again_without_a_new_datagram() -> None:
-    sock = await udp_socket()
+    transport = await open_transport()
     peer = await udp_socket()
-    transport = Transport(sock)
-    transport.open()
     calls = 0
 
     def after_batch(now: float) -> tuple[list[tuple[object, list[bytes]]], bool]:
@@ -127,7 +133,7 @@ async def test_deferred_work_runs_again_without_a_new_datagram() -> None:
         return [(peer.getsockname(), [b"slice %d" % calls])], calls < 3
 
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sender:
-        sender.sendto(b"\x17wake up", sock.getsockname())
+        sender.sendto(b"\x17wake up", transport.sock.getsockname())
     with trio.fail_after(10):
         async with trio.open_nursery() as nursery:
             nursery.start_soon(
