@@ -11,7 +11,13 @@ that touches it.
   descriptor). The receive loop waits for readability once and then drains
   whatever the kernel has queued, up to a batch, reading the clock once per
   batch; each datagram is handed to a synchronous handler that returns the
-  replies. Fakes (``trio_dtlsmux.testing.FakeSocket``) and sockets without a
+  replies. Datagrams the endpoint says may wait (handshakes: a stranger's
+  hello, a peer still handshaking) are held back, in order, and handled
+  after the others for at most ``_DEFERRED_BUDGET`` of each turn, so that a
+  storm of handshakes cannot hold up established peers; the rest wait for
+  the next turn, and beyond ``_MAX_DEFERRED`` new ones are dropped and
+  counted. Work the endpoint deferred (hellos waiting for a handshake slot)
+  runs at the end of each turn. Fakes (``trio_dtlsmux.testing.FakeSocket``) and sockets without a
   descriptor are read one ``recvfrom`` at a time.
 * **Sends keep their order.** A send goes straight to the kernel through the
   twin while the kernel has room. Only a send that must wait goes through
