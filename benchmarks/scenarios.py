@@ -855,10 +855,14 @@ def _storm_rows(
     notes.append(f"median {result.median_seconds:.2f} s")
     notes.append(f"launch {result.launch_seconds:.2f} s")
     notes.append(f"{result.retransmissions:,} client resends")
-    dropped = after.get("hellos_dropped_limits")
-    if isinstance(dropped, int):
-        dropped -= before.get("hellos_dropped_limits", 0)
-        notes.append(f"{dropped:,} hellos over max_handshakes")
+    for field, label in (
+        ("hellos_dropped_limits", "verified hellos shed"),
+        ("handshake_datagrams_dropped", "handshake datagrams dropped"),
+    ):
+        count = after.get(field)
+        if isinstance(count, int):
+            count -= before.get(field, 0)
+            notes.append(f"{count:,} {label}")
     timing = Row(
         STORM,
         f"{case}: time to the last",
