@@ -238,6 +238,14 @@ def s_client(port: int, cafile: Path, *more: str | Path) -> list[str | Path]:
     ]  # fmt: skip
 
 
+def s_server(port: int, cert: Path, key: Path, *more: str | Path) -> list[str | Path]:
+    assert OPENSSL is not None
+    return [
+        OPENSSL, "s_server", "-dtls1_2", "-accept", f"127.0.0.1:{port}",
+        "-cert", cert, "-key", key, *more,
+    ]  # fmt: skip
+
+
 async def handshake_summary(tool: Tool) -> tuple[str, str]:
     """("New" or "Reused", the version) from s_client's next summary."""
     found = SUMMARY.search(await tool.output.until(SUMMARY))
@@ -493,11 +501,7 @@ async def test_we_resume_with_openssl_s_server(
 ) -> None:
     cert, key = identity.write(tmp_path)
     port = free_udp_port()
-    assert OPENSSL is not None
-    argv: list[str | Path] = [
-        OPENSSL, "s_server", "-dtls1_2", "-accept", f"127.0.0.1:{port}",
-        "-cert", cert, "-key", key, *([] if tickets else ["-no_ticket"]),
-    ]  # fmt: skip
+    argv = s_server(port, cert, key, *([] if tickets else ["-no_ticket"]))
     with trio.fail_after(20):
         async with running(argv) as tool:
             await tool.output.until(b"ACCEPT\n")
@@ -546,11 +550,7 @@ async def test_we_fall_back_to_a_full_handshake_when_s_server_forgot_us(
     # and the endpoint then remembers the new session instead.
     cert, key = identity.write(tmp_path)
     port = free_udp_port()
-    assert OPENSSL is not None
-    argv: list[str | Path] = [
-        OPENSSL, "s_server", "-dtls1_2", "-accept", f"127.0.0.1:{port}",
-        "-cert", cert, "-key", key, *([] if tickets else ["-no_ticket"]),
-    ]  # fmt: skip
+    argv = s_server(port, cert, key, *([] if tickets else ["-no_ticket"]))
     context = trio_dtlsmux.client_context(cadata=identity.cert_pem)
     address = ("127.0.0.1", port)
     with trio.fail_after(20):
@@ -615,11 +615,7 @@ async def test_an_explicit_session_is_held_to_the_pin_and_the_name(
     # handshake. The server resumes, and connect() succeeds.
     cert, key = identity.write(tmp_path)
     port = free_udp_port()
-    assert OPENSSL is not None
-    argv: list[str | Path] = [
-        OPENSSL, "s_server", "-dtls1_2", "-accept", f"127.0.0.1:{port}",
-        "-cert", cert, "-key", key,
-    ]  # fmt: skip
+    argv = s_server(port, cert, key)
     address = ("127.0.0.1", port)
     checked = trio_dtlsmux.client_context(cadata=identity.cert_pem)
     if offered_to == "another pin":
