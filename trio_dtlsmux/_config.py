@@ -53,8 +53,12 @@ class EndpointConfig:
       inbox_size: messages buffered per peer before new ones are dropped.
       idle_timeout: seconds without a valid datagram before a peer is reaped
         (``None`` never reaps).
-      max_connections: associations at once (established and handshaking).
-      max_handshakes: handshakes in progress at once.
+      max_connections: associations at once (established and handshaking),
+        counting the verified hellos that wait for a handshake slot.
+      max_handshakes: handshakes in progress at once. A client whose
+        verified hello finds them all taken waits (only its hello's bytes
+        are kept: ``hellos_waiting`` in the statistics) and gets a slot,
+        drawn at random among those waiting, as one frees.
       cookie_lifetime: seconds between cookie secret rotations; a cookie is
         accepted for one to two lifetimes.
       keylog: a path or a writable binary file that receives NSS key log lines
