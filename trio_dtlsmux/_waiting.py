@@ -34,8 +34,10 @@ and what bounds it:
   timer doubles (RFC 6347, 4.2.4.1), so the next resend is due at most
   twice the last gap after the last one (the first gap is the initial
   timeout, 1 s for everyone we know). A client not heard from for 1.5 times
-  that (queues and jitter) has given up, and would only hold a slot until
-  ``handshake_timeout``; its entry is dropped. A client that gave up
+  that, and at least three initial timeouts (in a storm its resend may wait
+  behind thousands of other datagrams, or be dropped, before it is read),
+  has given up, and would only hold a slot until ``handshake_timeout``; its
+  entry is dropped. A client that gave up
   before it was drawn costs nothing, then; one that was wrongly judged gone
   comes back with its next resend.
 
@@ -120,7 +122,7 @@ class WaitingRoom:
         entry = self._entries.pop(key)
         gap = entry.gap
         next_due = self._initial if gap is None else min(2 * gap, self._max)
-        alive = now - entry.last_seen <= 1.5 * max(next_due, self._initial)
+        alive = now - entry.last_seen <= max(1.5 * next_due, 3 * self._initial)
         return key, entry.hello, entry.data, alive
 
     def clear(self) -> None:
