@@ -481,12 +481,17 @@ class Demux:
             limit -= 1
         return sends, events
 
-    def _slot_free(self) -> bool:
+    def _slot_free(self, replacing: Association | None = None) -> bool:
+        """Whether one more handshake fits in ``max_connections`` and
+        ``max_handshakes`` (with ``replacing`` gone first, for a restart)."""
+        peers = len(self._table)
+        handshaking = len(self._handshaking)
+        if replacing is not None:
+            peers -= 1
+            if replacing in self._handshaking:
+                handshaking -= 1
         config = self.config
-        return (
-            len(self._handshaking) < config.max_handshakes
-            and len(self._table) < config.max_connections
-        )
+        return handshaking < config.max_handshakes and peers < config.max_connections
 
     def _maybe_restart(
         self, association: Association, data: bytes, key: tuple[Any, ...], now: float
@@ -507,7 +512,8 @@ class Demux:
             return reply, []
         # A verified hello with a new random: the peer really restarted.
         # Only someone who receives at this address could echo the cookie.
-        if not self._within_limits(replacing=association):
+        if not self._slot_free(replacing=association):
+            self.counters.hellos_dropped_limits += 1
             return [], []
         _, ended = association.replace()
         self.counters.peers_restarted += 1
@@ -536,19 +542,6 @@ class Demux:
         counters.cookies_sent += 1
         cookie = self._cookies.make(key, hello, now)
         return [rec.encode_hello_verify_request(hello.record_seq, cookie)]
-
-    def _within_limits(self, replacing: Association | None = None) -> bool:
-        peers = len(self._table)
-        handshaking = len(self._handshaking)
-        if replacing is not None:
-            peers -= 1
-            if replacing in self._handshaking:
-                handshaking -= 1
-        config = self.config
-        if peers >= config.max_connections or handshaking >= config.max_handshakes:
-            self.counters.hellos_dropped_limits += 1
-            return False
-        return True
 
     def _new_server_peer(
         self, hello: rec.ClientHello, data: bytes, key: tuple[Any, ...], now: float
